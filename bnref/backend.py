@@ -1,0 +1,67 @@
+"""Choose the kernels for an array: NumPy on the CPU, CuPy on the GPU.
+
+CuPy is imported lazily and only when a CuPy array is actually seen, so a CPU-only machine
+never needs it installed.
+"""
+import sys
+from types import ModuleType
+
+import numpy as np
+
+__all__ = ["get_array_module", "get_kernels", "is_cupy_array"]
+
+
+def is_cupy_array(a) -> bool:
+    """True if ``a`` is a ``cupy.ndarray`` (checked without importing CuPy)."""
+    # If CuPy was never imported, no CuPy array can exist in this process.
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(a, cupy.ndarray)
+
+
+def get_array_module(*arrays, names=None) -> ModuleType:
+    """Return ``numpy`` or ``cupy``: the array library of ``arrays`` (``None`` entries ignored).
+
+    Parameters
+    ----------
+    *arrays : array_like or None
+        Arrays that must all live on the same device.
+    names : sequence of str, optional
+        Argument names, used in the error message when NumPy and CuPy arrays are mixed.
+
+    Raises
+    ------
+    TypeError
+        If NumPy and CuPy arrays are mixed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> get_array_module(np.zeros(3), None).__name__
+    'numpy'
+    """
+    names = list(names) if names is not None else [f"argument {i}" for i in range(len(arrays))]
+    on_gpu = [(n, is_cupy_array(a)) for n, a in zip(names, arrays) if a is not None]
+    if any(g for _, g in on_gpu):
+        if not all(g for _, g in on_gpu):
+            cpu = [n for n, g in on_gpu if not g]
+            gpu = [n for n, g in on_gpu if g]
+            raise TypeError(
+                f"cannot mix NumPy and CuPy arrays: {', '.join(gpu)} on the GPU (cupy.ndarray) but "
+                f"{', '.join(cpu)} on the CPU; expected all on one device "
+                "(move them with cupy.asarray or cupy.asnumpy)"
+            )
+        import cupy
+
+        return cupy
+    return np
+
+
+def get_kernels(xp: ModuleType) -> ModuleType:
+    """Return the kernel module for array library ``xp`` (see ``bnref.kernels``)."""
+    if xp is np:
+        from .kernels import numpy_bn
+
+        return numpy_bn
+    from .kernels import cupy_bn  # imports CuPy; only reached for CuPy arrays
+
+    return cupy_bn

@@ -1,0 +1,96 @@
+"""Batch Normalization kernels in NumPy (the readable reference, and the CPU path).
+
+Every function takes the canonical contiguous 3-D view ``x3`` of shape ``(A, C, B)``:
+``C`` is the channel axis, ``A`` the product of the axes before it and ``B`` the product of
+the axes after it. So ``(N, C)`` is ``(N, C, 1)``, ``(N, C, H, W)`` is ``(N, C, H*W)`` and
+channels-last ``(N, H, W, C)`` is ``(N*H*W, C, 1)``. Statistics are per channel, over A and B.
+
+Speed without transposes: per-channel sums are matrix-vector products with a vector of ones
+(BLAS), and large temporaries are reused in place.
+"""
+import numpy as np
+
+from .numpy_norms import gn_backward, gn_forward, ln_backward, ln_forward  # noqa: F401  (same kernel API)
+
+__all__ = ["bn_stats", "bn_forward_train", "bn_backward", "bn_inference",
+           "ln_forward", "ln_backward", "gn_forward", "gn_backward"]
+
+
+def _channel_sum(a3):
+    """Sum of ``a3`` (A, C, B) over A and B -> (C,), as BLAS matrix-vector products."""
+    A, C, B = a3.shape
+    ones_a = np.ones(A, dtype=a3.dtype)
+    s = ones_a @ a3.reshape(A, C * B)          # (C*B,): sum over A
+    if B == 1:
+        return s
+    return s.reshape(C, B) @ np.ones(B, dtype=a3.dtype)   # (C,): sum over B
+
+
+def _channel_dot(a3, b3):
+    """Per-channel inner product of two (A, C, B) arrays -> (C,)."""
+    A, C, B = a3.shape
+    s = np.einsum("ak,ak->k", a3.reshape(A, C * B), b3.reshape(A, C * B))   # (C*B,): over A
+    if B == 1:
+        return s
+    return s.reshape(C, B) @ np.ones(B, dtype=a3.dtype)                  # (C,): over B
+
+
+def bn_stats(x3, out=None):
+    """Biased per-channel mean and variance of ``x3`` (A, C, B), computed stably.
+
+    Shifted one-pass: subtract one sample of each channel first (exact in floating point when
+    it is near the data), so the sums never cancel catastrophically the way
+    ``E[x^2] - E[x]^2`` does when ``|mean| >> std``. Returns ``(mean, var, d, d_mean)`` where
+    ``d = x3 - shift`` (written into ``out`` if given) and ``d_mean = mean - shift``.
+    """
+    A, C, B = x3.shape
+    m = A * B
+    shift = x3[0, :, 0].copy()                                  # (C,): one sample per channel
+    d = np.subtract(x3, shift[:, None], out=out)                # (A, C, B)
+    s1 = _channel_sum(d) / m                                    # (C,): mean of d
+    var = np.maximum(_channel_dot(d, d) / m - s1 * s1, 0)      # (C,): biased variance
+    return shift + s1, var, d, s1
+
+
+def bn_forward_train(x3, gamma, beta, eps):
+    """Training-mode forward: normalise with batch statistics, then scale and shift.
+
+    Returns ``(y3, mean, var, inv_std)``; ``var`` is the biased batch variance.
+    """
+    mean, var, y3, s1 = bn_stats(x3, out=np.empty_like(x3))   # y3 holds x - shift for now
+    inv_std = 1.0 / np.sqrt(var + eps)                          # (C,)
+    scale = gamma * inv_std                                     # (C,)
+    y3 *= scale[:, None]                                        # y = (x - shift) * scale ...
+    y3 += (beta - s1 * scale)[:, None]                          # ... + beta - (mean - shift) * scale
+    return y3, mean, var, inv_std
+
+
+def bn_backward(dy3, x3, mean, inv_std, gamma):
+    """Backward of the training-mode forward; x_hat is recomputed from ``x3``.
+
+    With m values per channel and ``x_hat = (x - mean) * inv_std``::
+
+        dbeta  = sum(dy)
+        dgamma = sum(dy * x_hat)
+        dx     = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma)
+    """
+    A, C, B = x3.shape
+    m = A * B
+    buf = np.subtract(x3, mean[:, None])                        # (A, C, B)
+    buf *= inv_std[:, None]                                     # buf = x_hat
+    dbeta = _channel_sum(dy3)                                   # (C,)
+    dgamma = _channel_dot(dy3, buf)                             # (C,)
+    buf *= (-dgamma / m)[:, None]                               # -x_hat * dgamma / m
+    buf += dy3                                                  # + dy
+    buf *= (gamma * inv_std)[:, None]                           # * gamma * inv_std
+    buf -= (gamma * inv_std * dbeta / m)[:, None]               # - gamma * inv_std * dbeta / m
+    return buf, dgamma, dbeta
+
+
+def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
+    """Inference-mode forward: an affine map per channel with fixed statistics."""
+    scale = gamma / np.sqrt(running_var + eps)                  # (C,)
+    shift = beta - running_mean * scale                         # (C,)
+    y3 = np.multiply(x3, scale[:, None])
+    y3 += shift[:, None]
+    return y3

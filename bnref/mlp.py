@@ -1,0 +1,287 @@
+"""A tiny multilayer perceptron on bnref's kernels, for the chapters' experiments.
+
+``Linear -> [norm] -> activation`` for every hidden layer, then a linear softmax classifier.
+Backpropagation is written out by hand with bnref's backward functions, so the same code runs
+on NumPy or CuPy (``xp``). Hooks for the experiments: ``preacts`` (what enters the norm /
+activation), ``normed`` (after the norm and any injected noise), ``grad_preacts``, and a
+``noise`` function for Santurkar et al.'s "noisy BN".
+"""
+import numpy as np
+
+from .functional import (groupnorm_backward, groupnorm_forward, layernorm_backward,
+                         layernorm_forward)
+from .layer import BatchNorm
+
+__all__ = ["MLP", "train", "nonstationary_noise"]
+
+_ACTIVATIONS = {
+    # name: (f(z), f'(z) expressed with a = f(z) and z)
+    "sigmoid": (lambda xp, z: 1.0 / (1.0 + xp.exp(-z)), lambda xp, a, z: a * (1.0 - a)),
+    "tanh": (lambda xp, z: xp.tanh(z), lambda xp, a, z: 1.0 - a * a),
+    "relu": (lambda xp, z: xp.maximum(z, 0), lambda xp, a, z: (z > 0).astype(z.dtype)),
+    "linear": (lambda xp, z: z, lambda xp, a, z: xp.ones_like(z)),
+}
+
+
+def nonstationary_noise(strength=1.0):
+    """Santurkar et al.'s noise: a random per-unit scale and shift, resampled every step.
+
+    Returns ``noise(l, H, rng, xp) -> (scale, shift)``, each of shape (H,), with
+    ``scale ~ U(1, 1 + strength)`` and ``shift ~ U(-strength, strength)``: after BN the
+    distribution keeps changing, with non-zero mean and non-unit variance, at every step.
+    """
+    def noise(l, H, rng, xp):
+        scale = rng.uniform(1.0, 1.0 + strength, size=H)
+        shift = rng.uniform(-strength, strength, size=H)
+        return xp.asarray(scale), xp.asarray(shift)
+    return noise
+
+
+class MLP:
+    """A small MLP classifier with optional normalisation of every hidden layer.
+
+    Parameters
+    ----------
+    sizes : list of int
+        ``[n_in, hidden_1, ..., n_classes]``.
+    activation : {"sigmoid", "tanh", "relu", "linear"}
+    norm : {None, "batch", "layer", "group"}
+        Normalisation of each hidden pre-activation ``z = x @ W + b``, before the activation
+        (the placement of Ioffe & Szegedy). With a norm the bias ``b`` is dropped: beta
+        takes its role.
+    init_scale : float, optional
+        Standard deviation of the initial weights; default ``sqrt(1 / fan_in)``
+        (``sqrt(2 / fan_in)`` for ReLU).
+    seed : int
+    xp : module, default numpy
+    num_groups : int, default 4
+        Groups for ``norm="group"`` (the hidden width must be divisible by it).
+    momentum, eps : BatchNorm settings.
+    noise : callable, optional
+        ``noise(l, H, rng, xp) -> (scale, shift)``: injected after the norm of every hidden
+        layer in training, ``z <- z * scale + shift`` (see :func:`nonstationary_noise`).
+    dtype : default float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> net = MLP([4, 8, 3], norm="batch", seed=0)
+    >>> X, y = np.random.default_rng(0).normal(size=(16, 4)), np.arange(16) % 3
+    >>> loss, grads = net.loss_and_grads(X, y)
+    >>> sorted(grads)
+    ['W0', 'W1', 'b1', 'beta0', 'gamma0']
+    """
+
+    def __init__(self, sizes, activation="sigmoid", norm=None, init_scale=None, seed=0, xp=np,
+                 num_groups=4, momentum=0.1, eps=1e-5, noise=None, dtype=np.float64):
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if norm not in (None, "batch", "layer", "group"):
+            raise ValueError(f"norm must be None, 'batch', 'layer' or 'group', got {norm!r}")
+        self.sizes, self.activation, self.norm, self.xp = list(sizes), activation, norm, xp
+        self.num_groups, self.eps, self.noise = num_groups, eps, noise
+        self.rng = np.random.default_rng(seed)
+        self.params = {}
+        self.bn = []                               # BatchNorm layers (norm == "batch")
+        n_layers = len(sizes) - 1
+        for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            std = init_scale if init_scale is not None else np.sqrt((2.0 if activation == "relu" else 1.0) / fan_in)
+            self.params[f"W{l}"] = xp.asarray(self.rng.normal(0.0, std, size=(fan_in, fan_out)).astype(dtype))
+            hidden = l < n_layers - 1
+            if hidden and norm is not None:
+                self.params[f"gamma{l}"] = xp.ones(fan_out, dtype)
+                self.params[f"beta{l}"] = xp.zeros(fan_out, dtype)
+                if norm == "batch":
+                    self.bn.append(BatchNorm(fan_out, eps=eps, momentum=momentum, dtype=dtype, xp=xp))
+                if norm == "group" and fan_out % num_groups:
+                    raise ValueError(f"hidden width {fan_out} is not divisible by num_groups={num_groups}")
+            else:
+                self.params[f"b{l}"] = xp.zeros(fan_out, dtype)
+        self.training = True
+        self.preacts, self.normed, self.acts, self.grad_preacts = [], [], [], []
+
+    @property
+    def n_hidden(self):
+        return len(self.sizes) - 2
+
+    def train(self, mode=True):
+        """Training mode (batch statistics for BN); returns ``self``."""
+        self.training = bool(mode)
+        for bn in self.bn:
+            bn.train(mode)
+        return self
+
+    def eval(self):
+        """Eval mode (running statistics for BN); returns ``self``."""
+        return self.train(False)
+
+    def _norm_forward(self, l, z):
+        p = self.params
+        if self.norm == "batch":
+            bn = self.bn[l]
+            bn.gamma, bn.beta = p[f"gamma{l}"], p[f"beta{l}"]   # the layer shares our arrays
+            return bn(z), bn
+        if self.norm == "layer":
+            return layernorm_forward(z, p[f"gamma{l}"], p[f"beta{l}"], self.eps)
+        return groupnorm_forward(z, p[f"gamma{l}"], p[f"beta{l}"], self.num_groups, self.eps)
+
+    def _norm_backward(self, l, dz, cache):
+        if self.norm == "batch":
+            dx = cache.backward(dz)
+            return dx, cache.dgamma, cache.dbeta
+        if self.norm == "layer":
+            return layernorm_backward(dz, cache)
+        return groupnorm_backward(dz, cache)
+
+    def forward(self, X, training=None):
+        """Logits for ``X`` (N, n_in); records ``preacts``, ``normed`` and ``acts`` per hidden layer."""
+        xp, p = self.xp, self.params
+        if training is not None and training != self.training:
+            self.train(training)
+        f, _ = _ACTIVATIONS[self.activation]
+        self.preacts, self.normed, self.acts, self._caches = [], [], [], []
+        a = X
+        for l in range(self.n_hidden):
+            z = a @ p[f"W{l}"]                                   # (N, H_l)
+            if self.norm is None:
+                z = z + p[f"b{l}"]
+                self.preacts.append(z)
+                zn, cache, noise = z, None, None
+            else:
+                self.preacts.append(z)
+                zn, cache = self._norm_forward(l, z)
+                noise = None
+                if self.noise is not None and self.training:
+                    noise = self.noise(l, z.shape[1], self.rng, xp)
+                    zn = zn * noise[0] + noise[1]
+            self.normed.append(zn)
+            a = f(xp, zn)
+            self.acts.append(a)
+            self._caches.append((cache, noise))
+        L = self.n_hidden
+        return a @ p[f"W{L}"] + p[f"b{L}"]                      # (N, n_classes)
+
+    def loss_and_grads(self, X, y, update_running_stats=True):
+        """Mean softmax cross-entropy on ``(X, y)`` in training mode, and its gradients.
+
+        Returns ``(loss, grads)`` with ``grads[name]`` shaped like ``params[name]``; records
+        ``grad_preacts[l]`` = dL/dz for each hidden layer. With
+        ``update_running_stats=False`` the BN running statistics are left as they were (for
+        measurements that must not disturb the model).
+        """
+        xp, p = self.xp, self.params
+        saved = [(bn.running_mean, bn.running_var, bn.num_batches_tracked) for bn in self.bn]
+        was_training = self.training
+        self.train(True)
+        logits = self.forward(X)
+        if not update_running_stats:
+            for bn, (rm, rv, nb) in zip(self.bn, saved):
+                bn.running_mean, bn.running_var, bn.num_batches_tracked = rm, rv, nb
+        N = X.shape[0]
+        shifted = logits - logits.max(axis=1, keepdims=True)    # (N, K): avoids overflow in exp
+        logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        loss = -logp[xp.arange(N), y].mean()
+        dlogits = xp.exp(logp)
+        dlogits[xp.arange(N), y] -= 1
+        dlogits /= N                                            # (N, K)
+        grads = {}
+        L = self.n_hidden
+        a_prev = self.acts[L - 1] if L > 0 else X
+        grads[f"W{L}"] = a_prev.T @ dlogits
+        grads[f"b{L}"] = dlogits.sum(axis=0)
+        da = dlogits @ p[f"W{L}"].T
+        _, fprime = _ACTIVATIONS[self.activation]
+        self.grad_preacts = [None] * L
+        for l in reversed(range(L)):
+            dzn = da * fprime(xp, self.acts[l], self.normed[l])   # (N, H_l)
+            cache, noise = self._caches[l]
+            if self.norm is None:
+                dz = dzn
+                grads[f"b{l}"] = dz.sum(axis=0)
+            else:
+                if noise is not None:
+                    dzn = dzn * noise[0]
+                dz, grads[f"gamma{l}"], grads[f"beta{l}"] = self._norm_backward(l, dzn, cache)
+            self.grad_preacts[l] = dz
+            a_prev = self.acts[l - 1] if l > 0 else X
+            grads[f"W{l}"] = a_prev.T @ dz
+            da = dz @ p[f"W{l}"].T
+        self.train(was_training)
+        return float(loss), grads
+
+    def step(self, grads, lr):
+        """Plain SGD: ``param -= lr * grad`` for every parameter."""
+        for name, g in grads.items():
+            self.params[name] -= lr * g
+
+    def predict(self, X):
+        """Class predictions in eval mode (BN uses running statistics)."""
+        was_training = self.training
+        logits = self.forward(X, training=False)
+        self.train(was_training)
+        return logits.argmax(axis=1)
+
+    def accuracy(self, X, y):
+        """Fraction of ``X`` classified correctly, in eval mode."""
+        return float((self.predict(X) == y).mean())
+
+
+def train(net, data, steps, batch_size=64, lr=0.1, seed=0, callback=None, eval_every=None):
+    """Train ``net`` with mini-batch SGD on ``data = (X_train, y_train, X_test, y_test)``.
+
+    Parameters
+    ----------
+    net : MLP
+    data : tuple of arrays
+    steps : int
+        Number of SGD steps (mini-batches), reshuffling at every epoch.
+    batch_size : int, default 64
+    lr : float, default 0.1
+    seed : int
+        Seed of the batch order.
+    callback : callable, optional
+        ``callback(step, net)``, called after each step's forward/backward and before its
+        update, so ``net.preacts`` holds that batch's pre-activations.
+    eval_every : int, optional
+        Evaluate train and test accuracy (eval mode) every this many steps and at the end.
+
+    Returns
+    -------
+    history : dict
+        ``loss`` (per step), ``eval_step``, ``train_acc``, ``test_acc``, and ``diverged``
+        (True if the loss became non-finite; training stops there).
+
+    Examples
+    --------
+    >>> from bnref.data import load_digits
+    >>> data = load_digits()
+    >>> net = MLP([64, 32, 10], norm="batch", seed=0)
+    >>> h = train(net, data, steps=200, lr=0.5, eval_every=100)
+    >>> h["test_acc"][-1] > 0.85
+    True
+    """
+    X_train, y_train, X_test, y_test = data
+    xp = net.xp
+    rng = np.random.default_rng(seed)
+    history = {"loss": [], "eval_step": [], "train_acc": [], "test_acc": [], "diverged": False}
+    n = X_train.shape[0]
+    order, pos = rng.permutation(n), 0
+    for t in range(steps):
+        if pos + batch_size > n:
+            order, pos = rng.permutation(n), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        Xb, yb = xp.asarray(X_train[idx]), xp.asarray(y_train[idx])
+        loss, grads = net.loss_and_grads(Xb, yb)
+        history["loss"].append(loss)
+        if not np.isfinite(loss):
+            history["diverged"] = True
+            break
+        if callback is not None:
+            callback(t, net)
+        net.step(grads, lr)
+        if eval_every and ((t + 1) % eval_every == 0 or t == steps - 1):
+            history["eval_step"].append(t + 1)
+            history["train_acc"].append(net.accuracy(xp.asarray(X_train), xp.asarray(y_train)))
+            history["test_acc"].append(net.accuracy(xp.asarray(X_test), xp.asarray(y_test)))
+    return history
