@@ -83,10 +83,12 @@ class BatchNorm:
 
     def forward(self, x):
         """Normalise ``x``; in training mode also update the running statistics."""
-        _, axis, C = _prepare(x, self.gamma, self.beta, self.eps, self.axis)
-        if C != self.num_features:
+        ndim = getattr(x, "ndim", 0)
+        C = x.shape[self.axis] if ndim >= 2 and -ndim <= self.axis < ndim else None
+        if C is not None and C != self.num_features:
             raise ValueError(f"x has {C} channels on axis {self.axis} (shape {tuple(x.shape)}), "
                              f"expected num_features={self.num_features}")
+        _prepare(x, self.gamma, self.beta, self.eps, self.axis)      # the remaining checks
         use_batch_stats = self.training or not self.track_running_stats
         if not use_batch_stats:
             y = batchnorm_inference(x, self.gamma, self.beta, self.running_mean, self.running_var,

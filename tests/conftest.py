@@ -1,0 +1,13 @@
+"""Shared test settings: per-dtype tolerances and a seeded RNG."""
+import numpy as np
+import pytest
+
+# Tolerances against the float64-accurate oracle. float32 differs from PyTorch's float32 in
+# summation order only, so a few ulps times log(m) of relative error is expected.
+TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-11)}
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's name, so failures reproduce."""
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
