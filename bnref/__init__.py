@@ -11,7 +11,7 @@ Where things are:
 - the stateful layer: ``bnref/layer.py``; folding: ``bnref/fold.py``
 - course support: ``bnref.data`` (digits), ``bnref.mlp`` (a tiny MLP), ``bnref.widgets``
 """
-from .backend import get_array_module
+from .backend import get_array_module, get_cpu_kernels, set_cpu_kernels
 from .fold import bn_affine, fold_conv2d, fold_linear
 from .functional import (BatchNormCache, GroupNormCache, LayerNormCache, batch_statistics,
                          batchnorm_backward, batchnorm_forward, batchnorm_inference,
@@ -28,5 +28,5 @@ __all__ = [
     "batch_statistics", "running_stats_update",
     "layernorm_forward", "layernorm_backward", "groupnorm_forward", "groupnorm_backward",
     "fold_linear", "fold_conv2d", "bn_affine",
-    "numerical_gradient", "relative_error", "get_array_module",
+    "numerical_gradient", "relative_error", "get_array_module", "set_cpu_kernels", "get_cpu_kernels",
 ]

@@ -3,12 +3,38 @@
 CuPy is imported lazily and only when a CuPy array is actually seen, so a CPU-only machine
 never needs it installed.
 """
+import os
 import sys
 from types import ModuleType
 
 import numpy as np
 
-__all__ = ["get_array_module", "get_kernels", "is_cupy_array"]
+__all__ = ["get_array_module", "get_kernels", "is_cupy_array", "set_cpu_kernels", "get_cpu_kernels"]
+
+_CPU_KERNELS = os.environ.get("BNREF_CPU_KERNELS", "numpy")
+
+
+def set_cpu_kernels(name):
+    """Choose the CPU kernels: ``"numpy"`` (readable reference, default) or ``"numba"`` (compiled, fused).
+
+    Both implement the same kernel API and give the same results to rounding; the test suite
+    runs both against PyTorch. The environment variable ``BNREF_CPU_KERNELS`` sets the default.
+
+    Examples
+    --------
+    >>> set_cpu_kernels("numpy")
+    'numpy'
+    """
+    global _CPU_KERNELS
+    if name not in ("numpy", "numba"):
+        raise ValueError(f"name must be 'numpy' or 'numba', got {name!r}")
+    _CPU_KERNELS = name
+    return name
+
+
+def get_cpu_kernels():
+    """The name of the CPU kernels in use (see :func:`set_cpu_kernels`)."""
+    return _CPU_KERNELS
 
 
 def is_cupy_array(a) -> bool:
@@ -59,6 +85,10 @@ def get_array_module(*arrays, names=None) -> ModuleType:
 def get_kernels(xp: ModuleType) -> ModuleType:
     """Return the kernel module for array library ``xp`` (see ``bnref.kernels``)."""
     if xp is np:
+        if _CPU_KERNELS == "numba":
+            from .kernels import numba_bn  # compiled on first use, cached on disk
+
+            return numba_bn
         from .kernels import numpy_bn
 
         return numpy_bn

@@ -11,3 +11,14 @@ TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol
 def rng(request):
     """A generator seeded from the test's name, so failures reproduce."""
     return np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def cpu_kernels(request):
+    """Run a test once with the readable NumPy kernels and once with the compiled Numba ones."""
+    import bnref
+
+    old = bnref.get_cpu_kernels()
+    bnref.set_cpu_kernels(request.param)
+    yield request.param
+    bnref.set_cpu_kernels(old)

@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import bnref
+
+# Every test runs with both CPU kernel sets (NumPy reference and Numba).
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
 from conftest import TOL
 
 torch.set_default_dtype(torch.float64)

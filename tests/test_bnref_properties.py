@@ -7,6 +7,9 @@ from hypothesis.extra.numpy import arrays
 
 import bnref
 
+# Every test runs with both CPU kernel sets (NumPy reference and Numba).
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
+
 
 @st.composite
 def batches(draw, max_dims=4):

@@ -1,0 +1,56 @@
+# The README's two commands: `make book` and `make test`. Both set everything up on a fresh
+# machine (virtual environment, Python packages, MathJax for offline pages, Chromium for the
+# browser test). `make bench` prints the benchmark tables.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BOOK_STAMP := $(VENV)/.book-installed
+TEST_STAMP := $(VENV)/.test-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: book test test-unit test-grading test-book bench bench-gpu clean system-deps
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(BOOK_STAMP): requirements.txt pyproject.toml | $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(TEST_STAMP): requirements-test.txt $(BOOK_STAMP)
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+# npm (to vendor MathJax) and Chromium (browser test) come from Debian's packages.
+system-deps:
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm; }
+	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+book: $(BOOK_STAMP)
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm; }
+	tools/vendor_mathjax.sh
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo "The book is in _build/html/index.html"
+
+test-unit: $(TEST_STAMP)
+	$(PY) -m pytest tests -q --ignore=tests/test_book_browser.py --ignore=tests/test_nbgrader_pipeline.py
+
+test-grading: $(TEST_STAMP)
+	$(PY) -m pytest tests/test_nbgrader_pipeline.py -q
+
+test-book: $(TEST_STAMP) system-deps book
+	$(PY) -m pytest tests/test_book_browser.py -q
+
+test: test-unit test-grading test-book
+
+bench: $(TEST_STAMP)
+	$(PY) benchmarks/bench_cpu.py
+	$(PY) benchmarks/bench_grading.py
+	-$(PY) benchmarks/bench_gpu.py
+
+clean:
+	rm -rf _build .pytest_cache .hypothesis
