@@ -36,7 +36,10 @@ book: $(BOOK_STAMP)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is in _build/html/index.html"
 
+DOCTESTED := bnref/functional.py bnref/layer.py bnref/fold.py bnref/gradcheck.py bnref/backend.py bnref/data.py bnref/mlp.py
+
 test-unit: $(TEST_STAMP)
+	$(PY) -m pytest -q --doctest-modules $(DOCTESTED)
 	$(PY) -m pytest tests -q --ignore=tests/test_book_browser.py --ignore=tests/test_nbgrader_pipeline.py
 
 test-grading: $(TEST_STAMP)

@@ -65,6 +65,8 @@ def get_array_module(*arrays, names=None) -> ModuleType:
     >>> get_array_module(np.zeros(3), None).__name__
     'numpy'
     """
+    if "cupy" not in sys.modules:       # fast path: no CuPy array can exist in this process
+        return np
     names = list(names) if names is not None else [f"argument {i}" for i in range(len(arrays))]
     on_gpu = [(n, is_cupy_array(a)) for n, a in zip(names, arrays) if a is not None]
     if any(g for _, g in on_gpu):

@@ -24,8 +24,9 @@ def _as_acb(x, axis):
     """View ``x`` as the kernels' contiguous (A, C, B) array (a copy only if ``x`` is strided)."""
     A = prod(x.shape[:axis])
     B = prod(x.shape[axis + 1:])
-    xp = get_array_module(x)
-    return xp.ascontiguousarray(x).reshape(A, x.shape[axis], B)   # (A, C, B)
+    if not x.flags.c_contiguous:
+        x = get_array_module(x).ascontiguousarray(x)
+    return x.reshape(A, x.shape[axis], B)                         # (A, C, B)
 
 
 def _stat_dtype(x):

@@ -22,5 +22,12 @@ def cpu_kernels(request):
 
     old = bnref.get_cpu_kernels()
     bnref.set_cpu_kernels(request.param)
+    if request.param == "numba":
+        from bnref.kernels import numba_bn
+
+        # The test inputs are small; force the compiled kernels instead of the small-size fallback.
+        small, numba_bn.SMALL = numba_bn.SMALL, 0
     yield request.param
+    if request.param == "numba":
+        numba_bn.SMALL = small
     bnref.set_cpu_kernels(old)

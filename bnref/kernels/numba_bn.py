@@ -12,6 +12,7 @@ allow reassociation (vectorised sums) but not ``nnan``/``ninf``: NaN and inf sti
 import numba as nb
 import numpy as np
 
+from . import numpy_bn
 from .numpy_norms import gn_backward, gn_forward, ln_backward, ln_forward  # noqa: F401  (same kernel API)
 
 __all__ = ["bn_stats", "bn_forward_train", "bn_backward", "bn_inference",
@@ -19,6 +20,10 @@ __all__ = ["bn_stats", "bn_forward_train", "bn_backward", "bn_inference",
 
 _FM = {"reassoc", "contract", "nsz", "arcp"}           # vectorise reductions; keep NaN/inf semantics
 _JIT = dict(parallel=True, cache=True, fastmath=_FM, nogil=True)
+
+
+# Below this many elements, starting threads costs more than the work: use the NumPy kernels.
+SMALL = 1 << 15
 
 
 def _chunks(M):
@@ -181,6 +186,8 @@ def _affine(x3, center, scale, offset):
 
 def bn_forward_train(x3, gamma, beta, eps):
     """Training-mode forward; returns ``(y3, mean, var, inv_std)`` like ``numpy_bn``."""
+    if x3.size < SMALL:
+        return numpy_bn.bn_forward_train(x3, gamma, beta, eps)
     mean, var, shift, d_mean = bn_stats(x3)
     var64 = var.astype(np.float64)
     inv_std = 1.0 / np.sqrt(var64 + eps)
@@ -192,6 +199,8 @@ def bn_forward_train(x3, gamma, beta, eps):
 
 def bn_backward(dy3, x3, mean, inv_std, gamma):
     """Backward; returns ``(dx3, dgamma, dbeta)`` like ``numpy_bn``."""
+    if x3.size < SMALL:
+        return numpy_bn.bn_backward(dy3, x3, mean, inv_std, gamma)
     A, C, B = x3.shape
     m = A * B
     dt = x3.dtype
@@ -216,5 +225,7 @@ def bn_backward(dy3, x3, mean, inv_std, gamma):
 
 def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
     """Inference-mode forward: ``(x - running_mean) * gamma / sqrt(running_var + eps) + beta``."""
+    if x3.size < SMALL:
+        return numpy_bn.bn_inference(x3, gamma, beta, running_mean, running_var, eps)
     scale = gamma / np.sqrt(running_var.astype(np.float64) + eps)
     return _affine(x3, running_mean, scale, beta.astype(np.float64))
