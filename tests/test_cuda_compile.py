@@ -34,7 +34,8 @@ def _translation_unit(name):
     refs = ",\n".join(f"  reinterpret_cast<const void*>(&{e})"
                       for e in cupy_bn.NAME_EXPRESSIONS[name])
     return (cupy_bn.module_source(name)
-            + f"\n\n// Instantiate every kernel CuPy asks for by name.\nconst void* bnref_kernels_{name}[] = {{\n{refs}\n}};\n")
+            + "\n\n// Instantiate every kernel CuPy asks for by name.\n"
+            + f"const void* bnref_kernels_{name}[] = {{\n{refs}\n}};\n")
 
 
 def test_every_cu_file_has_name_expressions():
@@ -61,3 +62,54 @@ def test_compiles_to_ptx_for_sm90(name, tmp_path):
     assert "warning" not in proc.stderr.lower(), proc.stderr
     entries = re.findall(r"^\.visible \.entry (\S+)\(", ptx.read_text(), re.MULTILINE)
     assert len(entries) == len(cupy_bn.NAME_EXPRESSIONS[name]), entries
+
+
+# ---- NVRTC: the compiler CuPy actually uses ------------------------------------------------
+
+def _find_nvrtc():
+    """libnvrtc from a CUDA toolkit or the nvidia-cuda-nvrtc wheel, if any."""
+    import ctypes.util
+    import site
+    import sys
+    roots = [*site.getsitepackages(), sys.prefix]
+    candidates = [p for r in roots for p in glob.glob(f"{r}/**/nvidia/*/lib/libnvrtc.so*", recursive=True)]
+    candidates += glob.glob("/usr/local/cuda*/lib64/libnvrtc.so*")
+    candidates = [p for p in candidates if "builtins" not in p and ".alt." not in p]
+    found = ctypes.util.find_library("nvrtc")
+    return sorted(candidates)[-1] if candidates else found
+
+
+NVRTC = _find_nvrtc()
+
+
+@pytest.mark.skipif(NVRTC is None, reason="libnvrtc not found (CUDA toolkit or pip nvidia-cuda-nvrtc)")
+@pytest.mark.parametrize("name", sorted(cupy_bn.NAME_EXPRESSIONS))
+def test_nvrtc_compiles_every_name_expression_like_cupy(name):
+    """RawModule(code, options, name_expressions) does this, then looks up lowered names."""
+    import ctypes
+    for builtins in glob.glob(os.path.join(os.path.dirname(NVRTC), "libnvrtc-builtins.so*")):
+        if ".alt." not in builtins:
+            ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)   # NVRTC dlopens it by soname
+    lib = ctypes.CDLL(NVRTC)
+    prog = ctypes.c_void_p()
+    src = cupy_bn.module_source(name).encode()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, f"{name}.cu".encode(), 0, None, None) == 0
+    names = cupy_bn.NAME_EXPRESSIONS[name]
+    for e in names:
+        assert lib.nvrtcAddNameExpression(prog, e.encode()) == 0, e
+    # CuPy adds -ftz=true and the device's architecture to the caller's options.
+    opts = [*(o.encode() for o in cupy_bn.COMPILE_OPTIONS), b"-ftz=true", b"--gpu-architecture=compute_90"]
+    status = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    try:
+        assert status == 0, log.value.decode(errors="replace")
+        assert "warning" not in log.value.decode(errors="replace").lower(), log.value.decode()
+        for e in names:
+            lowered = ctypes.c_char_p()
+            assert lib.nvrtcGetLoweredName(prog, e.encode(), ctypes.byref(lowered)) == 0, e
+            assert lowered.value and lowered.value.startswith(b"_Z"), (e, lowered.value)
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))

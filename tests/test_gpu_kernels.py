@@ -39,14 +39,18 @@ CUPY, NO_GPU_REASON = _cupy_or_reason()
 # float32 <= 1e-5, 16-bit <= 1e-2); float64 is held to near round-off.
 TOL = {"float64": 1e-10, "float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
 
+# "emulated" runs the CUDA sources on the CPU (tests/test_gpu_emulator.py): the kernels'
+# logic and the wrappers, without a GPU.
 CASES = [("numpy", "float32"), ("numpy", "float64"),
+         ("emulated", "float16"), ("emulated", "bfloat16"),
+         ("emulated", "float32"), ("emulated", "float64"),
          ("cupy", "float16"), ("cupy", "bfloat16"), ("cupy", "float32"), ("cupy", "float64")]
 
 
 class Backend:
     """xp (numpy or cupy), the kernel module, and the dtype under test."""
 
-    def __init__(self, name, dtype_name):
+    def __init__(self, name, dtype_name, monkeypatch):
         if name == "cupy" and CUPY is None:
             pytest.skip(NO_GPU_REASON)
         if dtype_name == "bfloat16" and BFLOAT16 is None:
@@ -55,6 +59,10 @@ class Backend:
         self.dtype = BFLOAT16 if dtype_name == "bfloat16" else np.dtype(dtype_name)
         if name == "numpy":
             self.xp, self.kernels = np, numpy_bn
+        elif name == "emulated":
+            from bnref.kernels import cupy_bn
+            from test_gpu_emulator import use_emulator
+            self.xp, self.kernels = use_emulator(monkeypatch), cupy_bn
         else:
             from bnref.kernels import cupy_bn
             self.xp, self.kernels = CUPY, cupy_bn
@@ -95,9 +103,11 @@ class Backend:
             f"max(|reference|, {scale:.3g}), tolerance {TOL[self.dtype_name]:g}")
 
 
-@pytest.fixture(params=CASES, ids=[f"{b}-{d}" for b, d in CASES])
-def be(request):
-    return Backend(*request.param)
+@pytest.fixture(params=[pytest.param(c, id=f"{c[0]}-{c[1]}",
+                                     marks=[pytest.mark.gpu] if c[0] == "cupy" else [])
+                        for c in CASES])
+def be(request, monkeypatch):
+    return Backend(*request.param, monkeypatch)
 
 
 # (A, C, B) views: both layouts, with and without 16-byte vectors, several splits per channel,
@@ -216,14 +226,20 @@ def test_gn_forward_and_backward_match_float64(be, rng, shape, G):
 
 # ---- the public API on CuPy arrays ---------------------------------------------------------
 
-needs_gpu = pytest.mark.skipif(CUPY is None, reason=str(NO_GPU_REASON))
+@pytest.fixture(params=["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
+def gpu(request, monkeypatch):
+    """The CuPy module: real (needs a GPU) or the CPU emulation standing in for it."""
+    if request.param == "cupy":
+        if CUPY is None:
+            pytest.skip(NO_GPU_REASON)
+        return CUPY
+    from test_gpu_emulator import use_emulator
+    return use_emulator(monkeypatch, as_cupy=True)
 
 
-@needs_gpu
-@pytest.mark.gpu
 @pytest.mark.parametrize("axis,shape", [(1, (8, 4, 5, 6)), (-1, (8, 5, 6, 4)), (1, (32, 4))])
-def test_batchnorm_on_cupy_arrays_returns_cupy_arrays_equal_to_numpy(rng, axis, shape):
-    cp = CUPY
+def test_batchnorm_on_cupy_arrays_returns_cupy_arrays_equal_to_numpy(gpu, rng, axis, shape):
+    cp = gpu
     C = shape[axis]
     x = rng.standard_normal(shape)
     gamma, beta = rng.uniform(0.5, 1.5, C), rng.standard_normal(C)
@@ -245,10 +261,18 @@ def test_batchnorm_on_cupy_arrays_returns_cupy_arrays_equal_to_numpy(rng, axis, 
                                rtol=1e-10, atol=1e-12)
 
 
-@needs_gpu
-@pytest.mark.gpu
-def test_layernorm_and_groupnorm_on_cupy_arrays_return_cupy_arrays(rng):
-    cp = CUPY
+@pytest.mark.parametrize("axis", [1, -1])
+def test_batch_statistics_on_cupy_arrays(gpu, rng, axis):
+    x = rng.standard_normal((6, 3, 4, 5)) * 2 + 7
+    mean, var = bnref.batch_statistics(gpu.asarray(x), axis=axis)
+    mean_ref, var_ref = bnref.batch_statistics(x, axis=axis)
+    assert isinstance(mean, gpu.ndarray)
+    np.testing.assert_allclose(mean.get(), mean_ref, rtol=1e-12)
+    np.testing.assert_allclose(var.get(), var_ref, rtol=1e-10)
+
+
+def test_layernorm_and_groupnorm_on_cupy_arrays_return_cupy_arrays(gpu, rng):
+    cp = gpu
     x = rng.standard_normal((4, 6, 5, 5))
     dy = rng.standard_normal(x.shape)
     gamma, beta = rng.uniform(0.5, 1.5, 6), rng.standard_normal(6)
@@ -268,9 +292,10 @@ def test_layernorm_and_groupnorm_on_cupy_arrays_return_cupy_arrays(rng):
                                rtol=1e-9, atol=1e-11)
 
 
-@needs_gpu
 @pytest.mark.gpu
 def test_float16_batchnorm_keeps_float16_output_and_float32_statistics(rng):
+    if CUPY is None:
+        pytest.skip(NO_GPU_REASON)
     cp = CUPY
     x = cp.asarray(rng.standard_normal((16, 8, 7, 7)).astype(np.float16))
     y, cache = bnref.batchnorm_forward(x, None, None)

@@ -1,0 +1,413 @@
+"""Batch Normalization kernels in CuPy: the CUDA sources in ``cuda/`` behind the kernel API.
+
+Same functions and signatures as :mod:`bnref.kernels.numpy_bn`; inputs are CuPy arrays in the
+canonical contiguous views (``x3`` (A, C, B) for BatchNorm and GroupNorm, ``x2`` (M, K) for
+LayerNorm). ``README.md`` in ``cuda/`` explains the kernels; in short, BatchNorm is
+
+    bn_stats (partial Welford statistics on a channel x split grid)
+      -> bn_finalize (Chan merge per channel; mean, var, inv_std)
+      -> bn_normalize                                               (forward)
+    bn_grad (partial sums of dy, dy * (x - mean)) -> bn_backward_finalize -> bn_dx  (backward)
+
+Every tensor pass walks the data in one of two layouts: "rows" when B is large (NCHW: each
+channel is A runs of B contiguous values) and "cols" when B is small ((N, C), channels-last:
+consecutive values belong to consecutive channels), with 16-byte loads where aligned.
+
+CuPy is imported on first use, never at import time. Kernels are compiled once per process
+(``cupy.RawModule``, also cached on disk by CuPy) for float16, bfloat16 (ml_dtypes), float32
+and float64; statistics and parameter gradients are float32 for the 16-bit types, else the
+input's dtype. No function here synchronises with the device: kernels are queued on the
+current stream, and the results are ready when that stream reaches them.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["bn_stats", "bn_forward_train", "bn_backward", "bn_inference",
+           "ln_forward", "ln_backward", "gn_forward", "gn_backward"]
+
+CUDA_DIR = Path(__file__).with_name("cuda")
+
+# numpy dtype name -> (C++ storage type, values per 16-byte vector)
+_TYPES = {"float16": ("bnref_half", 8), "bfloat16": ("bnref_bfloat16", 8),
+          "float32": ("float", 4), "float64": ("double", 2)}
+_ACC_CTYPE = {"float32": "float", "float64": "double"}
+
+ROWS_MIN_B = 16          # B >= this: "rows" layout; else "cols"
+THREADS = 256            # threads per block for the tensor passes
+BLOCKS_PER_SM = 8        # 8 x 256 = 2048 threads: a full H100 / A100 SM
+MIN_ITEMS = 4            # at least this many vectors (rows) per thread before splitting more
+FINALIZE_THREADS = 128
+
+
+def _per_type(kernels, vec=True):
+    """Name expressions of ``kernels`` for every storage type (and vector width)."""
+    out = []
+    for k in kernels:
+        for ctype, v in _TYPES.values():
+            out += [f"{k}<{ctype}, {w}>" for w in (1, v)] if vec else [f"{k}<{ctype}>"]
+    return out
+
+
+def _per_acc(kernels):
+    return [f"{k}<{a}>" for k in kernels for a in ("float", "double")]
+
+
+# Every template instantiation the wrappers launch, per .cu file (tests/test_cuda_compile.py
+# compiles exactly these with nvcc).
+NAME_EXPRESSIONS = {
+    "bn_stats": _per_type(["bn_stats_rows", "bn_stats_cols"]),
+    "bn_finalize": _per_acc(["bn_finalize", "bn_inference_params"]),
+    "bn_normalize": _per_type(["bn_normalize_rows", "bn_normalize_cols"]),
+    "bn_backward": (_per_type(["bn_grad_rows", "bn_grad_cols", "bn_dx_rows", "bn_dx_cols"])
+                    + _per_acc(["bn_backward_finalize"])),
+    "layernorm": _per_type(["rownorm_forward", "rownorm_backward_dx", "ln_param_grads"],
+                           vec=False),
+    "groupnorm": _per_type(["gn_channel_sums"], vec=False),
+}
+COMPILE_OPTIONS = ("-std=c++17",)
+
+_INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.MULTILINE)
+
+
+def module_source(name):
+    """CUDA source of ``cuda/<name>.cu`` with its local ``#include "..."`` files inlined.
+
+    Inlining (rather than ``-I``) makes the source self-contained, so CuPy's on-disk cache,
+    which keys on the source text, notices edits to ``common.cuh`` too.
+    """
+    seen = set()
+
+    def expand(path):
+        def include(match):
+            inc = path.parent / match.group(1)
+            if inc in seen:
+                return ""
+            seen.add(inc)
+            return f"// ---- {inc.name} ----\n{expand(inc)}\n// ---- end {inc.name} ----"
+        return _INCLUDE.sub(include, path.read_text())
+
+    return expand(CUDA_DIR / f"{name}.cu")
+
+
+# ---- CuPy plumbing -----------------------------------------------------------------------------
+
+def _cupy():
+    import cupy  # lazily: CPU-only machines never import it
+    return cupy
+
+
+@functools.lru_cache(maxsize=None)
+def _module(name):
+    """Compile ``cuda/<name>.cu`` once per process (CuPy also caches the binary on disk)."""
+    cp = _cupy()
+    return cp.RawModule(code=module_source(name), options=COMPILE_OPTIONS,
+                        name_expressions=NAME_EXPRESSIONS[name])
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(name, expression):
+    return _module(name).get_function(expression)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_id):
+    return _cupy().cuda.Device(device_id).attributes["MultiProcessorCount"]
+
+
+def _target_blocks():
+    """Blocks that fill the current GPU once (BLOCKS_PER_SM per multiprocessor)."""
+    return _sm_count(_cupy().cuda.runtime.getDevice()) * BLOCKS_PER_SM
+
+
+def _ctype(dtype):
+    try:
+        return _TYPES[np.dtype(dtype).name]
+    except KeyError:
+        raise TypeError(f"x: dtype {np.dtype(dtype)} is not supported by the CuPy kernels; "
+                        "expected float16, bfloat16, float32 or float64") from None
+
+
+def _acc_dtype(dtype):
+    """float32 statistics for 16-bit inputs, else the input's dtype."""
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize < 4 else np.dtype(dtype)
+
+
+def _vector(v, acc):
+    """A (C,) parameter as a contiguous array of the accumulation type."""
+    return _cupy().ascontiguousarray(v, dtype=acc)
+
+
+def _plan(x3, *others):
+    """Layout, C++ type, vector width, grid, block and partials per channel for a pass over x3.
+
+    ``others`` are the other tensors the pass reads or writes (same shape): 16-byte vectors
+    need every pointer 16-byte aligned.
+    """
+    A, C, B = x3.shape
+    if A * B >= 2**31:
+        raise ValueError(f"x: {A * B} values per channel; the CuPy kernels support < 2**31")
+    aligned = all(a.data.ptr % 16 == 0 for a in (x3, *others))
+    return _grid_plan(A, C, B, np.dtype(x3.dtype).name, aligned, _target_blocks())
+
+
+@functools.lru_cache(maxsize=1024)
+def _grid_plan(A, C, B, dtype_name, aligned, target):
+    """See _plan. Splits the reduction dimension so that about ``target`` blocks run even when
+    C is small, but never below ``MIN_ITEMS`` vectors (rows) per thread."""
+    ctype, vec = _ctype(dtype_name)
+    if B >= ROWS_MIN_B:
+        if B % vec or not aligned:
+            vec = 1
+        per_channel = A * B // vec
+        splits = max(1, min(-(-target // C), -(-per_channel // (THREADS * MIN_ITEMS)), 65535))
+        return "rows", ctype, vec, (C, splits), (THREADS,), splits
+    W = C * B
+    if W % vec or not aligned:
+        vec = 1
+    col_threads = -(-W // vec)
+    bx = min(32, 1 << (col_threads - 1).bit_length())   # a power of two <= 32
+    by = THREADS // bx
+    gx = -(-col_threads // bx)
+    splits = max(1, min(-(-target // gx), -(-A // (by * MIN_ITEMS)), 65535))
+    return "cols", ctype, vec, (gx, splits), (bx, by), splits * B
+
+
+def _dims(layout, A, C, B):
+    """The (A, C, B) kernel arguments: int32 A for rows, int64 A for cols."""
+    return (np.int32(A) if layout == "rows" else np.int64(A)), np.int32(C), np.int32(B)
+
+
+def _scalar(v, acc):
+    return np.float32(v) if acc == np.float32 else np.float64(v)
+
+
+# ---- BatchNorm ---------------------------------------------------------------------------------
+
+def _bn_statistics(x3, gamma, beta, eps, running=None):
+    """Per-channel statistics of x3: ``(mean, var, inv_std, params)`` (acc dtype).
+
+    ``params`` (3, C) = (mean, gamma * inv_std, beta) feeds bn_normalize. ``running``, if
+    given, is ``(running_mean, running_var, momentum)`` (acc-dtype CuPy arrays, updated in
+    place by the finalize kernel with the unbiased batch variance). Does not synchronise.
+    """
+    cp = _cupy()
+    A, C, B = x3.shape
+    acc = _acc_dtype(x3.dtype)
+    layout, ctype, vec, grid, block, P = _plan(x3)
+    part = cp.empty((3, C, P), dtype=acc)                      # (count, mean, M2) partials
+    _kernel("bn_stats", f"bn_stats_{layout}<{ctype}, {vec}>")(
+        grid, block, (x3, part, *_dims(layout, A, C, B)))
+    out = cp.empty((6, C), dtype=acc)                          # one allocation for all six
+    mean, var, inv_std, params = out[0], out[1], out[2], out[3:]
+    if running is None:
+        flag, momentum, rm, rv = np.int32(0), 0.0, mean, var      # unused placeholders
+    else:
+        rm, rv, momentum = running
+        flag = np.int32(1)
+    _kernel("bn_finalize", f"bn_finalize<{_ACC_CTYPE[acc.name]}>")(
+        (C,), (FINALIZE_THREADS,),
+        (part, _vector(gamma, acc), _vector(beta, acc), _scalar(eps, acc), np.int32(C),
+         np.int32(P), mean, var, inv_std, params, flag, _scalar(momentum, acc), rm, rv))
+    return mean, var, inv_std, params
+
+
+def bn_stats(x3):
+    """Biased per-channel ``(mean, var)`` of ``x3`` (A, C, B): the statistics pass alone.
+
+    Used by ``bnref.batch_statistics``. Does not synchronise.
+    """
+    cp = _cupy()
+    x3 = cp.ascontiguousarray(x3)
+    C, acc = x3.shape[1], _acc_dtype(x3.dtype)
+    mean, var, _, _ = _bn_statistics(x3, cp.ones(C, acc), cp.zeros(C, acc), 1.0)
+    return mean, var
+
+
+def _bn_apply(x3, params):
+    """y3 = (x3 - mean) * scale + beta per channel, params (3, C). Does not synchronise."""
+    A, C, B = x3.shape
+    y3 = _cupy().empty_like(x3)
+    layout, ctype, vec, grid, block, _ = _plan(x3, y3)
+    _kernel("bn_normalize", f"bn_normalize_{layout}<{ctype}, {vec}>")(
+        grid, block, (x3, params, y3, *_dims(layout, A, C, B)))
+    return y3
+
+
+def bn_forward_train(x3, gamma, beta, eps):
+    """Training-mode forward on the GPU. Returns ``(y3, mean, var, inv_std)``.
+
+    ``var`` is biased; statistics are float32 for 16-bit inputs. Two passes over x3
+    (statistics, then normalise). Does not synchronise.
+    """
+    x3 = _cupy().ascontiguousarray(x3)
+    mean, var, inv_std, params = _bn_statistics(x3, gamma, beta, eps)
+    return _bn_apply(x3, params), mean, var, inv_std
+
+
+def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
+    """Inference-mode forward: per-channel affine map with the running statistics.
+
+    Does not synchronise.
+    """
+    cp = _cupy()
+    x3 = cp.ascontiguousarray(x3)
+    C = x3.shape[1]
+    acc = _acc_dtype(x3.dtype)
+    params = cp.empty((3, C), dtype=acc)
+    _kernel("bn_finalize", f"bn_inference_params<{_ACC_CTYPE[acc.name]}>")(
+        (-(-C // 128),), (128,),
+        (_vector(running_mean, acc), _vector(running_var, acc), _vector(gamma, acc),
+         _vector(beta, acc), _scalar(eps, acc), np.int32(C), params))
+    return _bn_apply(x3, params)
+
+
+def bn_backward(dy3, x3, mean, inv_std, gamma):
+    """Backward of the training-mode forward. Returns ``(dx3, dgamma, dbeta)``.
+
+    dgamma and dbeta are in the statistics dtype (float32 for 16-bit inputs). Two passes
+    over (dy3, x3): per-channel sums, then dx. Does not synchronise.
+    """
+    cp = _cupy()
+    x3 = cp.ascontiguousarray(x3)
+    dy3 = cp.ascontiguousarray(dy3, dtype=x3.dtype)
+    A, C, B = x3.shape
+    acc = _acc_dtype(x3.dtype)
+    mean, inv_std = _vector(mean, acc), _vector(inv_std, acc)
+    layout, ctype, vec, grid, block, P = _plan(x3, dy3)
+    part = cp.empty((2, C, P), dtype=acc)                      # (sum dy, sum dy (x - mean))
+    dims = _dims(layout, A, C, B)
+    _kernel("bn_backward", f"bn_grad_{layout}<{ctype}, {vec}>")(
+        grid, block, (dy3, x3, mean, part, *dims))
+    out = cp.empty((6, C), dtype=acc)
+    dgamma, dbeta, coef = out[0], out[1], out[2:]
+    _kernel("bn_backward", f"bn_backward_finalize<{_ACC_CTYPE[acc.name]}>")(
+        (C,), (FINALIZE_THREADS,),
+        (part, mean, inv_std, _vector(gamma, acc), _scalar(A * B, acc), np.int32(C),
+         np.int32(P), dgamma, dbeta, coef))
+    dx3 = cp.empty_like(x3)
+    _kernel("bn_backward", f"bn_dx_{layout}<{ctype}, {vec}>")(
+        grid, block, (dy3, x3, coef, dx3, *dims))
+    return dx3, dgamma, dbeta
+
+
+# ---- LayerNorm and GroupNorm (row-wise) --------------------------------------------------------
+
+def _row_block(K):
+    """(threads per row, rows per block): about 8 values per thread, 32..1024 threads a row."""
+    tpr = min(1024, max(32, 1 << (max(1, -(-K // 8)) - 1).bit_length()))
+    return tpr, max(1, THREADS // tpr)
+
+
+def _rownorm_forward(rows, gamma, beta, eps, G, L):
+    """Normalise each row of ``rows`` (M, K); value k of row r uses gamma[(r % G) * (K // L) + k // L]."""
+    cp = _cupy()
+    M, K = rows.shape
+    ctype, _ = _ctype(rows.dtype)
+    acc = _acc_dtype(rows.dtype)
+    y = cp.empty_like(rows)
+    mean, inv_std = cp.empty(M, dtype=acc), cp.empty(M, dtype=acc)
+    tpr, rpb = _row_block(K)
+    _kernel("layernorm", f"rownorm_forward<{ctype}>")(
+        (-(-M // rpb),), (tpr, rpb),
+        (rows, _vector(gamma, acc), _vector(beta, acc), y, mean, inv_std, np.int64(M),
+         np.int32(K), np.int32(G), np.int32(L), _scalar(eps, acc)))
+    return y, mean, inv_std
+
+
+def _rownorm_dx(dy, rows, mean, inv_std, gamma, G, L):
+    cp = _cupy()
+    M, K = rows.shape
+    ctype, _ = _ctype(rows.dtype)
+    acc = _acc_dtype(rows.dtype)
+    dx = cp.empty_like(rows)
+    tpr, rpb = _row_block(K)
+    _kernel("layernorm", f"rownorm_backward_dx<{ctype}>")(
+        (-(-M // rpb),), (tpr, rpb),
+        (dy, rows, _vector(gamma, acc), _vector(mean.reshape(-1), acc),
+         _vector(inv_std.reshape(-1), acc), dx, np.int64(M), np.int32(K), np.int32(G),
+         np.int32(L)))
+    return dx
+
+
+def ln_forward(x2, gamma, beta, eps):
+    """LayerNorm forward over the last axis of ``x2`` (M, K). Returns ``(y2, mean, inv_std)``.
+
+    One block row per row of x2 (Welford, then normalise). Does not synchronise.
+    """
+    x2 = _cupy().ascontiguousarray(x2)
+    return _rownorm_forward(x2, gamma, beta, eps, 1, 1)
+
+
+def ln_backward(dy2, x2, mean, inv_std, gamma):
+    """LayerNorm backward. Returns ``(dx2, dgamma, dbeta)``; dgamma/dbeta shape (K,).
+
+    dx: one pass per row. dgamma/dbeta: column sums over the rows, split over M like the
+    BatchNorm cols layout, then summed over the splits. Does not synchronise.
+    """
+    cp = _cupy()
+    x2 = cp.ascontiguousarray(x2)
+    dy2 = cp.ascontiguousarray(dy2, dtype=x2.dtype)
+    M, K = x2.shape
+    ctype, _ = _ctype(x2.dtype)
+    acc = _acc_dtype(x2.dtype)
+    dx2 = _rownorm_dx(dy2, x2, mean, inv_std, gamma, 1, 1)
+    bx = min(32, 1 << (K - 1).bit_length())
+    by = THREADS // bx
+    gx = -(-K // bx)
+    splits = max(1, min(-(-_target_blocks() // gx), -(-M // (by * MIN_ITEMS)), 65535))
+    part = cp.empty((2, splits, K), dtype=acc)
+    _kernel("layernorm", f"ln_param_grads<{ctype}>")(
+        (gx, splits), (bx, by),
+        (dy2, x2, _vector(mean, acc), _vector(inv_std, acc), part, np.int64(M), np.int32(K)))
+    dgamma, dbeta = part.sum(axis=1)                           # (2, K): over the splits
+    return dx2, dgamma, dbeta
+
+
+def gn_forward(x3, gamma, beta, num_groups, eps):
+    """GroupNorm forward on ``x3`` (N, C, L). Returns ``(y3, mean, inv_std)``, stats (N, G).
+
+    Each group of C / G channels is one contiguous row of (C / G) * L values, normalised by
+    the LayerNorm row kernel with a per-channel affine map. Does not synchronise.
+    """
+    x3 = _cupy().ascontiguousarray(x3)
+    N, C, L = x3.shape
+    G = int(num_groups)
+    rows = x3.reshape(N * G, (C // G) * L)                      # (N*G, C/G*L)
+    y, mean, inv_std = _rownorm_forward(rows, gamma, beta, eps, G, L)
+    return y.reshape(N, C, L), mean.reshape(N, G), inv_std.reshape(N, G)
+
+
+def gn_backward(dy3, x3, mean, inv_std, gamma, num_groups):
+    """GroupNorm backward. Returns ``(dx3, dgamma, dbeta)``; dgamma/dbeta shape (C,).
+
+    dx: the row kernel over the N * G groups. dgamma/dbeta: one warp per (n, c) run of L
+    values, then a sum over N. Does not synchronise.
+    """
+    cp = _cupy()
+    x3 = cp.ascontiguousarray(x3)
+    dy3 = cp.ascontiguousarray(dy3, dtype=x3.dtype)
+    N, C, L = x3.shape
+    G = int(num_groups)
+    ctype, _ = _ctype(x3.dtype)
+    acc = _acc_dtype(x3.dtype)
+    rows, dy_rows = x3.reshape(N * G, -1), dy3.reshape(N * G, -1)    # (N*G, C/G*L)
+    dx = _rownorm_dx(dy_rows, rows, mean, inv_std, gamma, G, L).reshape(N, C, L)
+    part = cp.empty((2, N, C), dtype=acc)
+    rpb = 8
+    _kernel("groupnorm", f"gn_channel_sums<{ctype}>")(
+        (-(-(N * C) // rpb),), (32, rpb),
+        (dy3, x3, _vector(mean.reshape(-1), acc), _vector(inv_std.reshape(-1), acc), part,
+         np.int32(N), np.int32(C), np.int32(G), np.int32(L)))
+    dgamma, dbeta = part.sum(axis=1)                           # (2, C): over N
+    return dx, dgamma, dbeta
+
+
+def clear_cache():
+    """Forget compiled modules (e.g. after editing a .cu file in a live session)."""
+    _module.cache_clear()
+    _kernel.cache_clear()

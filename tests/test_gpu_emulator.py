@@ -1,0 +1,368 @@
+"""A CPU emulation of the CUDA kernels, so their logic is tested where no GPU is.
+
+The very sources CuPy compiles (``cupy_bn.module_source``) are compiled with g++ after a small
+shim that maps CUDA onto C++ threads: one ``std::thread`` per CUDA thread, blocks run one
+after another, ``__syncthreads`` and warp shuffles are barriers, ``__shared__`` is ``static``.
+A fake ``cupy`` module (NumPy arrays, ``RawModule`` backed by the g++ build) is then handed to
+``bnref.kernels.cupy_bn``, so the wrappers' grid sizing, argument packing and partial-result
+layouts run unchanged. ``tests/test_gpu_kernels.py`` runs its test bodies on this backend
+("emulated") for float32 and float64.
+
+The two PTX half <-> float conversions are swapped for the host compiler's IEEE ``_Float16``
+(the same rounding); bfloat16 conversion is plain C++ already, so every dtype runs.
+What this does NOT check: NVRTC itself (tests/test_cuda_compile.py does), CuPy's argument
+passing, the PTX conversions themselves, the GPU memory model, speed. Those need a real GPU
+(the "cupy" cases).
+"""
+import ctypes
+import functools
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnref.kernels import cupy_bn
+
+GXX = shutil.which("g++")
+EMULATED_SMS = 2          # a small "GPU": few blocks, but reductions still split over blocks
+
+SHIM = r"""
+// ---- CUDA on C++ threads (test emulation only) ----
+#include <array>
+#include <barrier>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <utility>
+#include <vector>
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+#define __shared__ static
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+dim3 blockIdx, blockDim, gridDim;
+thread_local dim3 threadIdx;
+namespace emu {
+using Barrier = std::barrier<>;
+Barrier* block_barrier;
+std::vector<std::unique_ptr<Barrier>> warp_barriers;
+std::vector<std::array<double, 32>> warp_slots;
+thread_local int warp, lane;
+}
+inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+template <class T> T emu_exchange(T v, int src) {
+  emu::warp_slots[emu::warp][emu::lane] = static_cast<double>(v);
+  emu::warp_barriers[emu::warp]->arrive_and_wait();
+  const T r = static_cast<T>(emu::warp_slots[emu::warp][src]);
+  emu::warp_barriers[emu::warp]->arrive_and_wait();
+  return r;
+}
+template <class T> T __shfl_down_sync(unsigned, T v, int off) {
+  return emu_exchange(v, emu::lane + off < 32 ? emu::lane + off : emu::lane);
+}
+template <class T> T __shfl_sync(unsigned, T v, int src) { return emu_exchange(v, src); }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+// The two PTX conversions of common.cuh, by the host compiler's IEEE half (round to nearest even).
+inline float emu_half_to_float(unsigned short b) { _Float16 h; std::memcpy(&h, &b, 2); return h; }
+inline unsigned short emu_float_to_half(float f) {
+  const _Float16 h = static_cast<_Float16>(f);
+  unsigned short b;
+  std::memcpy(&b, &h, 2);
+  return b;
+}
+// ---- end of shim ----
+"""
+
+LAUNCHER = r"""
+namespace emu {
+template <class... P, std::size_t... I>
+void call(void (*k)(P...), void** args, std::index_sequence<I...>) {
+  k(*static_cast<std::remove_reference_t<P>*>(args[I])...);
+}
+template <class... P>
+void launch(void (*k)(P...), unsigned gx, unsigned gy, unsigned bx, unsigned by, void** args) {
+  gridDim = dim3{gx, gy, 1};
+  blockDim = dim3{bx, by, 1};
+  const int n = static_cast<int>(bx * by), warps = (n + 31) / 32;
+  for (unsigned y = 0; y < gy; ++y)
+    for (unsigned x = 0; x < gx; ++x) {
+      blockIdx = dim3{x, y, 1};
+      Barrier block(n);
+      block_barrier = &block;
+      warp_barriers.clear();
+      for (int w = 0; w < warps; ++w)
+        warp_barriers.push_back(std::make_unique<Barrier>(w + 1 < warps ? 32 : n - 32 * w));
+      warp_slots.assign(warps, {});
+      std::vector<std::thread> threads;
+      for (int t = 0; t < n; ++t)
+        threads.emplace_back([=] {
+          threadIdx = dim3{static_cast<unsigned>(t) % bx, static_cast<unsigned>(t) / bx, 1};
+          warp = t / 32;
+          lane = t % 32;
+          call(k, args, std::index_sequence_for<P...>{});
+          block_barrier->arrive_and_drop();   // exited threads leave the barriers
+          warp_barriers[warp]->arrive_and_drop();
+        });
+      for (auto& th : threads) th.join();
+    }
+}
+template <class... P> int arg_sizes(void (*)(P...), std::size_t* out) {
+  std::size_t sizes[] = {sizeof(P)...};
+  for (std::size_t i = 0; i < sizeof...(P); ++i) out[i] = sizes[i];
+  return static_cast<int>(sizeof...(P));
+}
+}  // namespace emu
+"""
+
+_BUILD_DIR = Path(tempfile.gettempdir()) / "bnref-cuda-emulator"
+
+
+# common.cuh's only inline PTX: the half <-> float conversions. The emulation swaps them for
+# the host compiler's _Float16 and insists on finding exactly these (an edit fails loudly).
+_PTX_SWAPS = [
+    (r'asm\("cvt\.f32\.f16 %0, %1;" : "=f"\((\w+)\) : "h"\(([\w.]+)\)\);',
+     r"\1 = emu_half_to_float(\2);"),
+    (r'asm\("cvt\.rn\.f16\.f32 %0, %1;" : "=h"\(([\w.]+)\) : "f"\((\w+)\)\);',
+     r"\1 = emu_float_to_half(\2);"),
+]
+
+
+def _host_source(code):
+    for pattern, repl in _PTX_SWAPS:
+        code, n = re.subn(pattern, repl, code)
+        assert n == 1, f"expected one PTX conversion matching {pattern!r}, found {n}"
+    assert "asm(" not in code, "inline PTX the emulation does not know"
+    return code
+
+
+class _RawModule:
+    """Compiles a module's source with the shim; kernels are called like CuPy's."""
+
+    def __init__(self, code, options=(), name_expressions=()):
+        names = list(name_expressions)
+        glue = [LAUNCHER]
+        for i, e in enumerate(names):
+            glue.append(f'extern "C" void launch_{i}(unsigned gx, unsigned gy, unsigned bx, '
+                        f'unsigned by, void** a) {{ emu::launch(&{e}, gx, gy, bx, by, a); }}\n'
+                        f'extern "C" int sizes_{i}(std::size_t* out) {{ '
+                        f'return emu::arg_sizes(&{e}, out); }}')
+        source = SHIM + _host_source(code) + "\n".join(glue)
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        _BUILD_DIR.mkdir(exist_ok=True)
+        lib = _BUILD_DIR / f"{digest}.so"
+        if not lib.exists():
+            src = _BUILD_DIR / f"{digest}.cpp"
+            src.write_text(source)
+            tmp = lib.with_suffix(".tmp.so")
+            proc = subprocess.run([GXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
+                                   "-w", "-x", "c++", str(src), "-o", str(tmp)],
+                                  capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            tmp.rename(lib)
+        self._lib = ctypes.CDLL(str(lib))
+        self._index = {e: i for i, e in enumerate(names)}
+
+    def get_function(self, expression):
+        return _Kernel(self._lib, self._index[expression], expression)
+
+
+class _Kernel:
+    def __init__(self, lib, i, name):
+        self.launch, self.name = getattr(lib, f"launch_{i}"), name
+        sizes = (ctypes.c_size_t * 32)()
+        n = getattr(lib, f"sizes_{i}")(sizes)
+        self.sizes = list(sizes[:n])
+
+    def __call__(self, grid, block, args):
+        grid, block = tuple(grid) + (1,) * (2 - len(grid)), tuple(block) + (1,) * (2 - len(block))
+        assert len(args) == len(self.sizes), f"{self.name}: {len(args)} args, kernel takes {len(self.sizes)}"
+        assert block[0] * block[1] <= 1024 and grid[1] <= 65535, (grid, block)
+        keep = []
+        for i, (a, size) in enumerate(zip(args, self.sizes)):
+            if isinstance(a, np.ndarray):
+                c = ctypes.c_void_p(a.ctypes.data)
+                assert size == 8, f"{self.name}: argument {i} is an array, kernel expects {size} bytes"
+            elif isinstance(a, np.generic):
+                assert a.nbytes == size, (f"{self.name}: argument {i} is {a.dtype} ({a.nbytes} "
+                                          f"bytes), kernel expects {size} bytes")
+                c = ctypes.create_string_buffer(a.tobytes(), size)
+            else:
+                raise TypeError(f"{self.name}: argument {i} is {type(a).__name__}; pass a NumPy "
+                                "scalar of the exact C type (CuPy would guess)")
+            keep.append(c)
+        ptrs = (ctypes.c_void_p * len(keep))(*[ctypes.addressof(c) for c in keep])
+        self.launch(*[ctypes.c_uint(v) for v in (*grid, *block)], ptrs)
+
+
+class FakeArray(np.ndarray):
+    """A NumPy array with the two CuPy attributes the wrappers use."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    def get(self):
+        return np.asarray(self)
+
+
+def _fake(a):
+    return a.view(FakeArray)
+
+
+def _wrap(obj):
+    if isinstance(obj, np.ndarray) and not isinstance(obj, FakeArray):
+        return obj.view(FakeArray)
+    if isinstance(obj, tuple):
+        return tuple(_wrap(o) for o in obj)
+    return obj
+
+
+def fake_cupy():
+    """A module that quacks like the parts of CuPy that cupy_bn, bnref and the tests use.
+
+    Anything not defined here falls through to NumPy, with arrays returned as FakeArray.
+    """
+    m = types.ModuleType("fake_cupy")
+
+    def __getattr__(name):
+        f = getattr(np, name)
+        return (lambda *a, **k: _wrap(f(*a, **k))) if callable(f) and not isinstance(f, type) else f
+
+    m.__getattr__ = __getattr__
+    m.ndarray = FakeArray
+    m.float16, m.float32, m.float64 = np.float16, np.float32, np.float64
+    m.asarray = lambda a, dtype=None: _fake(np.array(a, dtype=dtype, copy=True))
+    m.ascontiguousarray = lambda a, dtype=None: _fake(np.ascontiguousarray(a, dtype=dtype))
+    m.empty = lambda shape, dtype=np.float64: _fake(np.empty(shape, dtype))
+    m.empty_like = lambda a: _fake(np.empty_like(a))
+    m.asnumpy = lambda a: np.asarray(a)
+    m.RawModule = _RawModule
+    device = types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": EMULATED_SMS})
+    m.cuda = types.SimpleNamespace(Device=lambda i=0: device,
+                                   runtime=types.SimpleNamespace(getDevice=lambda: 0))
+    return m
+
+
+FAKE_CUPY = fake_cupy()
+NO_EMULATOR_REASON = None if GXX else "g++ not found: the CUDA emulation needs a C++20 compiler"
+
+
+def use_emulator(monkeypatch, as_cupy=False):
+    """Point cupy_bn at the fake CuPy for one test (compiled modules are cached on disk).
+
+    With ``as_cupy``, the fake also stands in for ``import cupy``, so bnref's public API
+    dispatches FakeArray inputs to the CuPy kernels as it would real CuPy arrays.
+    """
+    if GXX is None:
+        pytest.skip(NO_EMULATOR_REASON)
+    if as_cupy:
+        monkeypatch.setitem(sys.modules, "cupy", FAKE_CUPY)
+    monkeypatch.setattr(cupy_bn, "_cupy", lambda: FAKE_CUPY)
+    # Fresh caches for the emulation, restored afterwards: emulated kernels must never be
+    # handed to real CuPy arrays in a later test (on a machine with a GPU).
+    for name in ("_module", "_kernel", "_sm_count"):
+        monkeypatch.setattr(cupy_bn, name,
+                            functools.lru_cache(maxsize=None)(getattr(cupy_bn, name).__wrapped__))
+    return FAKE_CUPY
+
+
+# ---- tests of the emulator itself --------------------------------------------------------
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+def test_emulated_warp_shuffles_and_block_barrier_sum_correctly(monkeypatch):
+    """The shim's reductions are what the kernels rely on: check them on a known sum."""
+    xp = use_emulator(monkeypatch)
+    x = np.arange(3 * 2 * 40, dtype=np.float64).reshape(3, 2, 40)   # rows layout, 2 channels
+    _, mean, var, _ = cupy_bn.bn_forward_train(xp.asarray(x), np.ones(2), np.zeros(2), 0.0)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-14)
+    np.testing.assert_allclose(var, x.var(axis=(0, 2)), rtol=1e-12)
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+def test_wrappers_pass_arguments_of_the_exact_kernel_types(monkeypatch):
+    """A Python int where the kernel takes `long long` would be a silent bug on the GPU."""
+    xp = use_emulator(monkeypatch)
+    x = xp.asarray(np.random.default_rng(0).standard_normal((5, 3, 2)).astype(np.float32))
+    g = xp.asarray(np.ones(3, np.float32))
+    y, mean, var, inv_std = cupy_bn.bn_forward_train(x, g, 0 * g, 1e-5)    # asserts inside
+    cupy_bn.bn_backward(x, x, mean, inv_std, g)
+    cupy_bn.bn_inference(x, g, 0 * g, mean, var, 1e-5)
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+@pytest.mark.parametrize("shape", [(300, 4, 1), (6, 3, 50)], ids=str)
+def test_finalize_updates_running_statistics_like_pytorch(monkeypatch, shape):
+    """bn_finalize's optional update: new = (1 - momentum) * old + momentum * unbiased batch var."""
+    xp = use_emulator(monkeypatch)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape) * 3 + 1
+    C, m = shape[1], shape[0] * shape[2]
+    rm, rv = rng.standard_normal(C), rng.uniform(0.5, 2, C)
+    rm_gpu, rv_gpu = xp.asarray(rm), xp.asarray(rv)
+    cupy_bn._bn_statistics(xp.asarray(x), np.ones(C), np.zeros(C), 1e-5,
+                           running=(rm_gpu, rv_gpu, 0.1))
+    np.testing.assert_allclose(rm_gpu, 0.9 * rm + 0.1 * x.mean(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(rv_gpu, 0.9 * rv + 0.1 * x.var(axis=(0, 2)) * m / (m - 1),
+                               rtol=1e-12)
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+@pytest.mark.parametrize("shape,dtype,layout,vec", [
+    ((64, 8, 1), np.float32, "cols", 4),      # (N, C): 4 floats per load
+    ((7, 5, 1), np.float32, "cols", 1),       # W = 5 is not a multiple of 4
+    ((16, 4, 3), np.float64, "cols", 2),      # small B: still cols, vectors span channels
+    ((8, 3, 64), np.float32, "rows", 4),      # NCHW
+    ((4, 6, 49), np.float32, "rows", 1),      # B = 49 is not a multiple of 4
+    ((4, 6, 64), np.float16, "rows", 8),      # 8 halves per load
+])
+def test_plan_picks_layout_and_vector_width(monkeypatch, shape, dtype, layout, vec):
+    xp = use_emulator(monkeypatch)
+    got = cupy_bn._plan(xp.asarray(np.zeros(shape, dtype)))
+    assert (got[0], got[2]) == (layout, vec)
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+def test_plan_splits_channels_to_fill_the_gpu_when_c_is_small(monkeypatch):
+    xp = use_emulator(monkeypatch)
+    layout, _, _, grid, block, parts = cupy_bn._plan(xp.asarray(np.zeros((64, 2, 4096), np.float32)))
+    assert layout == "rows" and grid == (2, EMULATED_SMS * cupy_bn.BLOCKS_PER_SM // 2)
+    assert parts == grid[1]
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_16bit_outputs_are_rounded_to_nearest_even(monkeypatch, dtype_name):
+    """y = x * scale must round exactly like NumPy / ml_dtypes (a truncating conversion would
+    still pass the 1e-2 tolerance of the other tests). Includes inf, nan and overflow."""
+    if dtype_name == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes")
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+        dtype = np.dtype(np.float16)
+    xp = use_emulator(monkeypatch)
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((64, 4, 32)) * 100).astype(dtype)
+    x[0, 0, :4] = [np.inf, -np.inf, np.nan, float(np.finfo(np.float16).max)]
+    f32 = np.float32
+    gamma = np.array([1 / 3, 3.0, 1e4, 0.7], f32)
+    rv = np.array([1.0, 0.3, 2.0, 5.0], f32)
+    zero = np.zeros(4, f32)
+    y = cupy_bn.bn_inference(xp.asarray(x), gamma, zero, zero, rv, 1e-5)
+    scale = gamma * (f32(1) / np.sqrt(rv + f32(1e-5)))          # float32, as the kernels do
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = (x.astype(f32) * scale[:, None]).astype(dtype)
+    got, want = np.asarray(y).view(np.uint16), want.view(np.uint16)
+    nan = np.isnan(want.view(dtype).astype(f32))
+    assert np.array_equal(np.isnan(np.asarray(y).astype(f32)), nan)
+    assert np.array_equal(got[~nan], want[~nan])
