@@ -25,10 +25,12 @@ $(TEST_STAMP): requirements-test.txt $(BOOK_STAMP)
 	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
-# npm (to vendor MathJax) and Chromium (browser test) come from Debian's packages.
+# npm (to vendor MathJax), Chromium (browser test) and a CJK font (the glossary's Chinese
+# terms in screenshots) come from Debian's packages.
 system-deps:
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm; }
-	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+	@[ -x /usr/bin/chromium ] && dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-wqy-microhei; }
 
 book: $(BOOK_STAMP)
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm; }
@@ -36,7 +38,7 @@ book: $(BOOK_STAMP)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is in _build/html/index.html"
 
-DOCTESTED := bnref/functional.py bnref/layer.py bnref/fold.py bnref/gradcheck.py bnref/backend.py bnref/data.py bnref/mlp.py
+DOCTESTED := bnref/functional.py bnref/layer.py bnref/fold.py bnref/gradcheck.py bnref/backend.py bnref/data.py bnref/mlp.py bnref/widgets.py
 
 test-unit: $(TEST_STAMP)
 	$(PY) -m pytest -q --doctest-modules $(DOCTESTED)

@@ -1,0 +1,168 @@
+"""The built book in a real browser: every page of the toc opened in headless Chromium.
+
+For each page: no console errors, no request to any host but the local server, math rendered
+by the vendored MathJax, no ipywidgets html manager (require.js / embed-amd) on the page, and
+every slider figure moves when its slider is moved by keyboard or by setting its value.
+A full-page screenshot of every page goes to ``_build/screenshots/``.
+
+Needs ``_build/html`` (``make book`` builds it first). With ``BOOK_OPTIONAL=1`` a missing
+build is a skip; otherwise it is a failure. Uses Playwright for Python with Debian's
+``/usr/bin/chromium`` (never a downloaded browser).
+"""
+
+import functools
+import http.server
+import os
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHAPTER_PREFIX = "book/0"          # book/01_... to book/07_...: each must have a moving widget
+MAX_PAGE_BYTES = 3_000_000         # every widget frame is inlined: keep pages light to load
+
+pytestmark = pytest.mark.slow
+
+
+def toc_pages():
+    """Every page listed in _toc.yml, as paths of .html files relative to the site root."""
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [entry["file"] for entry in part.get("chapters", [])]
+    return [f"{f}.html" for f in files]
+
+
+PAGES = toc_pages()
+
+
+@pytest.fixture(scope="module")
+def site():
+    if not (SITE / "index.html").exists():
+        message = f"{SITE / 'index.html'} is missing: build the book first (make book)"
+        if os.environ.get("BOOK_OPTIONAL") == "1":
+            pytest.skip(message)
+        pytest.fail(message)
+    return SITE
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    """Serve the built site on 127.0.0.1 on a free port, for this module only."""
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):       # keep pytest output readable
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def open_page(browser, url):
+    """Open `url`; return (page, problems) where problems collects errors and foreign requests."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    problems = {"console": [], "foreign": []}
+
+    def route(r):
+        # Anything not served by our server is recorded and blocked, so the test is offline.
+        url_ = r.request.url
+        if url_.startswith(("data:", "blob:", "about:")) or urlsplit(url_).hostname == "127.0.0.1":
+            r.continue_()
+        else:
+            problems["foreign"].append(url_)
+            r.abort()
+
+    context.route("**/*", route)
+    page.on("console", lambda m: m.type == "error" and problems["console"].append(m.text))
+    page.on("pageerror", lambda e: problems["console"].append(f"uncaught: {e}"))
+    page.goto(url, wait_until="load")
+    page.wait_for_load_state("networkidle")
+    return page, problems
+
+
+def has_math(page):
+    return page.evaluate("document.querySelectorAll('.math, div.math, span.math').length") > 0
+
+
+def check_slider(page, figure, index):
+    """Move each slider of one figure two ways; the shown frame must change each time."""
+    img = figure.locator("img").first
+    sliders = figure.locator('input[type="range"]')
+    assert sliders.count() >= 1, f"widget {index} has no range input"
+    for k in range(sliders.count()):
+        s = sliders.nth(k)
+        label = figure.locator(f'label[for="{s.get_attribute("id")}"]')
+        assert label.count() == 1 and label.inner_text().strip(), "slider without a label"
+        lo, hi = int(s.get_attribute("min")), int(s.get_attribute("max"))
+        if hi == lo:
+            continue                               # a one-stop slider cannot move
+        # 1. keyboard: focus the slider and press an arrow key
+        before, value = img.get_attribute("src"), int(s.input_value())
+        s.focus()
+        page.keyboard.press("ArrowRight" if value < hi else "ArrowLeft")
+        assert int(s.input_value()) != value, f"widget {index} slider {k}: arrow key did nothing"
+        assert img.get_attribute("src") != before, f"widget {index} slider {k}: frame unchanged (key)"
+        assert img.get_attribute("alt"), f"widget {index}: frame without alt text"
+        # 2. set the value directly and fire the input event, as a pointer drag does
+        before, value = img.get_attribute("src"), int(s.input_value())
+        target = lo if value != lo else hi
+        s.evaluate("(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }",
+                   str(target))
+        assert img.get_attribute("src") != before, f"widget {index} slider {k}: frame unchanged (input)"
+        shown = figure.locator(f'output[for="{s.get_attribute("id")}"]').inner_text()
+        assert shown.strip(), f"widget {index} slider {k}: value display empty"
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_page_renders_offline_with_math_and_moving_widgets(browser, server, path):
+    assert (SITE / path).exists(), f"{path} is in _toc.yml but was not built"
+    size = (SITE / path).stat().st_size
+    assert size < MAX_PAGE_BYTES, f"{path} is {size / 1e6:.1f} MB: fewer or smaller frames"
+    page, problems = open_page(browser, f"{server}/{path}")
+    try:
+        if has_math(page):
+            page.wait_for_selector("mjx-container", state="attached", timeout=20_000)
+            assert page.locator("mjx-merror").count() == 0, "MathJax reported a TeX error"
+        # The ipywidgets html manager would come from a CDN and is not needed: never load it.
+        loaders = page.evaluate(
+            "[...document.scripts].map(s => s.src).filter(s => /require|embed-amd|html-manager/.test(s))")
+        assert loaders == [], f"widget manager scripts loaded: {loaders}"
+        # Screenshot first, as a reader sees the page: from the top, nothing focused.
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / (path.replace("/", "__")[:-5] + ".png")), full_page=True)
+        figures = page.locator("figure.bnref-slider")
+        for i in range(figures.count()):
+            check_slider(page, figures.nth(i), i)
+        if path.startswith(CHAPTER_PREFIX):
+            assert figures.count() >= 1, f"chapter {path} has no slider figure"
+        page.wait_for_load_state("networkidle")
+        assert problems["foreign"] == [], f"requests to other hosts: {problems['foreign']}"
+        assert problems["console"] == [], f"console errors: {problems['console']}"
+    finally:
+        page.context.close()
