@@ -38,7 +38,7 @@ book: $(BOOK_STAMP)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is in _build/html/index.html"
 
-DOCTESTED := bnref/functional.py bnref/layer.py bnref/fold.py bnref/gradcheck.py bnref/backend.py bnref/data.py bnref/mlp.py bnref/widgets.py
+DOCTESTED := bnref/functional.py bnref/layer.py bnref/fold.py bnref/gradcheck.py bnref/backend.py bnref/data.py bnref/mlp.py bnref/widgets.py bnref/experiments.py
 
 test-unit: $(TEST_STAMP)
 	$(PY) -m pytest -q --doctest-modules $(DOCTESTED)

@@ -1,0 +1,290 @@
+"""The claims that chapters 4 to 7 make about bnref, checked as properties of the package.
+
+Each test names the chapter and the claim. Experiments whose outcome is empirical (training
+runs) are in tests/test_experiments.py; these are facts about the formulas.
+"""
+import numpy as np
+import pytest
+
+import bnref
+from bnref.experiments import (CONVENTIONS, batch_dependence, batch_stat_spread, convert_momentum,
+                               running_average, staged_backward, variance_noise)
+
+
+def _bn(x, gamma, beta, eps=1e-5):
+    return bnref.batchnorm_forward(x, gamma, beta, eps=eps)
+
+
+def _reduce_axes(x):
+    return (0,) + tuple(range(2, x.ndim))
+
+
+# ------------------------------------------------------------------------- chapter 4
+
+@pytest.mark.parametrize("shape", [(8, 4), (3, 5, 2, 3)])
+def test_ch4_staged_backward_equals_compact_formula(rng, shape):
+    x = rng.normal(2.0, 3.0, size=(shape[0], int(np.prod(shape[1:]))))
+    D = x.shape[1]
+    gamma, beta, dy = rng.uniform(0.5, 2, D), rng.normal(size=D), rng.normal(size=x.shape)
+    _, grads, contribs = staged_backward(x, gamma, beta, dy)
+    y, cache = _bn(x, gamma, beta)
+    dx, dgamma, dbeta = bnref.batchnorm_backward(dy, cache)
+    np.testing.assert_allclose(grads["x"], dx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads["gamma"], dgamma, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads["beta"], dbeta, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads["xmu"], contribs[("xhat", "xmu")] + contribs[("sq", "xmu")])
+
+
+def test_ch4_numerical_gradient_check_passes(rng):
+    x = rng.normal(2.0, 3.0, size=(8, 4))
+    gamma, beta, dy = rng.uniform(0.5, 2, 4), rng.normal(size=4), rng.normal(size=(8, 4))
+    _, cache = _bn(x, gamma, beta)
+    dx, dgamma, dbeta = bnref.batchnorm_backward(dy, cache)
+    num_dx = bnref.numerical_gradient(lambda x_: _bn(x_, gamma, beta)[0], x.copy(), dy)
+    num_dgamma = bnref.numerical_gradient(lambda g_: _bn(x, g_, beta)[0], gamma.copy(), dy)
+    num_dbeta = bnref.numerical_gradient(lambda b_: _bn(x, gamma, b_)[0], beta.copy(), dy)
+    assert bnref.relative_error(dx, num_dx) < 1e-6
+    assert bnref.relative_error(dgamma, num_dgamma) < 1e-8
+    assert bnref.relative_error(dbeta, num_dbeta) < 1e-8
+
+
+def test_ch4_forgetting_a_path_gives_large_errors(rng):
+    x = rng.normal(2.0, 3.0, size=(8, 4))
+    gamma, beta, dy = rng.uniform(0.5, 2, 4), rng.normal(size=4), rng.normal(size=(8, 4))
+    values, grads, contribs = staged_backward(x, gamma, beta, dy)
+    wrong_no_mu = contribs[("xmu", "x")]
+    gx = grads["xhat"] * values["ivar"]
+    wrong_no_var = gx - gx.mean(axis=0)
+    for wrong in (wrong_no_mu, wrong_no_var, gx):
+        err = np.linalg.norm(wrong - grads["x"]) / (np.linalg.norm(wrong) + np.linalg.norm(grads["x"]))
+        assert err > 0.1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(16, 5), (4, 3, 5, 5)])
+def test_ch4_dx_has_zero_mean_per_channel(rng, dtype, shape):
+    x = rng.normal(3.0, 2.0, size=shape).astype(dtype)
+    C = shape[1]
+    gamma, beta = rng.uniform(0.5, 2, C).astype(dtype), rng.normal(size=C).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    _, cache = _bn(x, gamma, beta)
+    dx, _, _ = bnref.batchnorm_backward(dy, cache)
+    scale = np.abs(dx).sum(axis=_reduce_axes(x))
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    assert np.all(np.abs(dx.sum(axis=_reduce_axes(x))) <= tol * scale)
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (4, 3, 5, 5)])
+def test_ch4_dx_orthogonal_to_x_hat_up_to_the_eps_term(rng, shape):
+    x = rng.normal(3.0, 2.0, size=shape)
+    C = shape[1]
+    gamma, beta, dy = rng.uniform(0.5, 2, C), rng.normal(size=C), rng.normal(size=shape)
+    for eps in (1e-5, 1e-1):
+        _, cache = _bn(x, gamma, beta, eps=eps)
+        dx, dgamma, _ = bnref.batchnorm_backward(dy, cache)
+        dot = (dx * cache.x_hat).sum(axis=_reduce_axes(x))
+        predicted = gamma * cache.inv_std * eps / (cache.var + eps) * dgamma
+        np.testing.assert_allclose(dot, predicted, rtol=1e-8, atol=1e-12)
+    # and with var >> eps it is tiny compared with |dx| |x_hat|
+    _, cache = _bn(x, gamma, beta)
+    dx, _, _ = bnref.batchnorm_backward(dy, cache)
+    ax = _reduce_axes(x)
+    cos = (dx * cache.x_hat).sum(axis=ax) / np.sqrt((dx ** 2).sum(axis=ax) * (cache.x_hat ** 2).sum(axis=ax))
+    assert np.all(np.abs(cos) < 1e-5)
+
+
+def test_ch4_bn_output_invariant_to_channel_shift_and_scale(rng):
+    x = rng.normal(size=(32, 4))
+    gamma, beta = rng.normal(size=4), rng.normal(size=4)
+    y, _ = _bn(x, gamma, beta, eps=1e-12)
+    y2, _ = _bn(3.0 * x + np.array([1.0, -2.0, 5.0, 0.5]), gamma, beta, eps=1e-12)
+    np.testing.assert_allclose(y, y2, rtol=1e-9, atol=1e-9)
+
+
+def test_ch4_weight_gradient_orthogonal_to_weights_before_bn(rng):
+    # z = x @ W -> BN: each column of W gets a gradient orthogonal to it (up to eps)
+    x = rng.normal(size=(64, 10))
+    W = rng.normal(size=(10, 6))
+    gamma, beta, dy = rng.uniform(0.5, 2, 6), rng.normal(size=6), rng.normal(size=(64, 6))
+    _, cache = _bn(x @ W, gamma, beta)
+    dz, _, _ = bnref.batchnorm_backward(dy, cache)
+    dW = x.T @ dz
+    cos = (W * dW).sum(axis=0) / (np.linalg.norm(W, axis=0) * np.linalg.norm(dW, axis=0))
+    assert np.all(np.abs(cos) < 1e-5)
+
+
+# ------------------------------------------------------------------------- chapter 5
+
+def test_ch5_layer_running_stats_follow_the_pytorch_convention(rng):
+    batches = [rng.normal(2.0, 3.0, size=(16, 5)) for _ in range(30)]
+    layer = bnref.BatchNorm(5)
+    for b in batches:
+        layer(b)
+    means, variances = running_average(batches, "pytorch", 0.1)
+    np.testing.assert_allclose(layer.running_mean, means[-1], rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var, variances[-1], rtol=1e-12)
+
+
+def test_ch5_cs231n_and_keras_conversions(rng):
+    m, p, n = 8, 0.1, 40
+    batches = [rng.normal(1.0, 2.0, size=(m, 3)) for _ in range(n)]
+    pt_mean, pt_var = running_average(batches, "pytorch", p)
+    cs_mean, cs_var = running_average(batches, "cs231n", convert_momentum(p, "pytorch", "cs231n"))
+    ke_mean, ke_var = running_average(batches, "keras", convert_momentum(p, "pytorch", "keras"))
+    np.testing.assert_allclose(pt_mean, cs_mean, rtol=1e-12)
+    np.testing.assert_allclose(pt_mean, ke_mean, rtol=1e-12)
+    t = np.arange(1, n + 1)[:, None] * np.ones(3)
+    # same recursion on var * m/(m-1), different start: the difference decays as (1-p)^t
+    np.testing.assert_allclose(pt_var - m / (m - 1) * cs_var, (1 - p) ** t * (1.0 - 0.0), rtol=1e-9)
+    np.testing.assert_allclose(pt_var - m / (m - 1) * ke_var, (1 - p) ** t * (1.0 - m / (m - 1)),
+                               rtol=1e-9)
+
+
+def test_ch5_convention_table_defaults():
+    assert CONVENTIONS["pytorch"]["momentum"] == 0.1 and CONVENTIONS["pytorch"]["unbiased"]
+    assert CONVENTIONS["cs231n"]["momentum"] == 0.9 and CONVENTIONS["cs231n"]["init_var"] == 0.0
+    assert CONVENTIONS["keras"]["momentum"] == 0.99 and CONVENTIONS["keras"]["eps"] == 1e-3
+    assert convert_momentum(0.99, "keras", "pytorch") == pytest.approx(0.01)
+    assert convert_momentum(0.1, "pytorch", "cs231n") == pytest.approx(0.9)
+    assert convert_momentum(0.9, "cs231n", "keras") == 0.9
+
+
+def test_ch5_running_stats_match_torch_with_converted_momentum(rng):
+    torch = pytest.importorskip("torch")
+    batches = [rng.normal(1.0, 2.0, size=(8, 3)) for _ in range(20)]
+    tbn = torch.nn.BatchNorm1d(3, momentum=convert_momentum(0.9, "cs231n", "pytorch"), dtype=torch.float64)
+    for b in batches:
+        tbn(torch.from_numpy(b))
+    means, variances = running_average(batches, "pytorch", 0.1)
+    np.testing.assert_allclose(tbn.running_mean.numpy(), means[-1], rtol=1e-12)
+    np.testing.assert_allclose(tbn.running_var.numpy(), variances[-1], rtol=1e-12)
+
+
+def test_ch5_biased_batch_variance_is_low_by_m_minus_1_over_m(rng):
+    x = rng.normal(size=(200000, 2))
+    for m in (2, 4, 8):
+        b = x[: (len(x) // m) * m].reshape(-1, m, 2)
+        ratio = b.var(axis=1).mean() / x.var()
+        assert ratio == pytest.approx((m - 1) / m, rel=0.02)
+
+
+def test_ch5_inference_is_the_affine_map_bn_affine(rng):
+    x = rng.normal(size=(10, 4))
+    gamma, beta, rm, rv = rng.normal(size=4), rng.normal(size=4), rng.normal(size=4), rng.uniform(0.5, 2, 4)
+    scale, shift = bnref.bn_affine(gamma, beta, rm, rv)
+    np.testing.assert_allclose(bnref.batchnorm_inference(x, gamma, beta, rm, rv), x * scale + shift,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_ch5_folding_into_x_at_W_layout_is_exact(rng):
+    # the book's MLP stores W as (in, out); fold_linear wants (out, in)
+    X = rng.normal(size=(50, 12))
+    W = rng.normal(size=(12, 7))
+    gamma, beta, rm, rv = rng.normal(size=7), rng.normal(size=7), rng.normal(size=7), rng.uniform(0.1, 3, 7)
+    ref = bnref.batchnorm_inference(X @ W, gamma, beta, rm, rv)
+    W_f, b_f = bnref.fold_linear(W.T, None, gamma, beta, rm, rv)
+    np.testing.assert_allclose(X @ W_f.T + b_f, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_ch5_folding_into_conv_is_exact(rng):
+    x = rng.normal(size=(2, 3, 6, 6))
+    W, b = rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
+    gamma, beta, rm, rv = rng.normal(size=4), rng.normal(size=4), rng.normal(size=4), rng.uniform(0.1, 3, 4)
+
+    def conv(x, W, b):                         # valid cross-correlation, stride 1
+        win = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))   # (N, C, 4, 4, 3, 3)
+        return np.einsum("nchwij,ocij->nohw", win, W) + b[None, :, None, None]
+
+    ref = bnref.batchnorm_inference(conv(x, W, b), gamma, beta, rm, rv)
+    W_f, b_f = bnref.fold_conv2d(W, b, gamma, beta, rm, rv)
+    np.testing.assert_allclose(conv(x, W_f, b_f), ref, rtol=1e-11, atol=1e-11)
+
+
+def test_ch5_eps_matters_for_low_variance_channels():
+    x = np.array([[0.01]])
+    y5 = bnref.batchnorm_inference(x, None, None, np.zeros(1), np.array([1e-4]), eps=1e-5)
+    y3 = bnref.batchnorm_inference(x, None, None, np.zeros(1), np.array([1e-4]), eps=1e-3)
+    assert y5[0, 0] == pytest.approx(0.01 / np.sqrt(1.1e-4))
+    assert y3[0, 0] == pytest.approx(0.01 / np.sqrt(1.1e-3))
+
+
+def test_ch5_training_mode_with_one_example_is_an_error():
+    with pytest.raises(ValueError):
+        bnref.batchnorm_forward(np.ones((1, 3)), None, None)
+
+
+# ------------------------------------------------------------------------- chapter 7
+
+@pytest.mark.parametrize("m", [2, 4, 8, 32])
+def test_ch7_variance_noise_formula_on_gaussian_data(m):
+    rng = np.random.default_rng(m)
+    b = rng.normal(size=(40000, m))
+    s2 = b.var(axis=1, ddof=1)
+    assert s2.std() == pytest.approx(float(variance_noise(m)), rel=0.03)
+    assert b.mean(axis=1).std() == pytest.approx(1 / np.sqrt(m), rel=0.02)
+
+
+@pytest.mark.parametrize("m", [4, 16])
+def test_ch7_variance_noise_formula_with_kurtosis(m):
+    rng = np.random.default_rng(m)
+    b = rng.exponential(size=(200000, m))          # variance 1, excess kurtosis 6
+    s2 = b.var(axis=1, ddof=1)
+    assert s2.std() == pytest.approx(float(variance_noise(m, 6.0)), rel=0.05)
+    assert variance_noise(m, 6.0) > variance_noise(m)
+
+
+def test_ch7_batch_stat_spread_matches_theory_on_gaussian_data():
+    x = np.random.default_rng(0).normal(size=(4000, 6))
+    s = batch_stat_spread(x, [2, 8, 32], n_batches=3000)
+    np.testing.assert_allclose(s["mean_spread"], 1 / np.sqrt([2, 8, 32]), rtol=0.05)
+    np.testing.assert_allclose(s["var_spread"], variance_noise(np.array([2, 8, 32])), rtol=0.06)
+
+
+def test_ch7_batch_of_two_normalises_to_plus_minus_one(rng):
+    x = rng.normal(size=(2, 10)) * 5 + 3
+    y, _ = _bn(x, None, None)
+    np.testing.assert_allclose(np.abs(y), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(y[0], -y[1])
+
+
+def test_ch7_bn_output_depends_on_batch_mates_layernorm_does_not(rng):
+    x = rng.normal(size=(200, 5))
+    outs, pop = batch_dependence(x, index=0, batch_size=8, n_trials=50)
+    assert np.all(outs.std(axis=0) > 0.05)
+    ln = [bnref.layernorm_forward(x[np.r_[0, rng.choice(np.arange(1, 200), 7, replace=False)]],
+                                  None, None)[0][0] for _ in range(5)]
+    assert np.ptp(np.array(ln), axis=0).max() == 0.0
+
+
+@pytest.mark.parametrize("name", ["batch", "layer", "instance", "group"])
+def test_ch7_which_values_share_statistics(name):
+    x = np.random.default_rng(0).normal(size=(4, 6, 3, 3))
+    f = {"batch": lambda x: bnref.batchnorm_forward(x, None, None)[0],
+         "layer": lambda x: bnref.layernorm_forward(x, None, None, normalized_ndim=3)[0],
+         "instance": lambda x: bnref.groupnorm_forward(x, None, None, num_groups=6)[0],
+         "group": lambda x: bnref.groupnorm_forward(x, None, None, num_groups=2)[0]}[name]
+    bump = np.zeros_like(x)
+    bump[1, 2, 0, 0] = 1e-3
+    changed = np.abs(f(x + bump) - f(x)).max(axis=(2, 3)) > 1e-9          # (N, C)
+    expected = np.zeros((4, 6), bool)
+    if name == "batch":
+        expected[:, 2] = True
+    elif name == "layer":
+        expected[1, :] = True
+    elif name == "instance":
+        expected[1, 2] = True
+    else:
+        expected[1, 0:3] = True
+    np.testing.assert_array_equal(changed, expected)
+
+
+def test_ch5_folding_matches_torch_fuse_linear_bn(rng):
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.fusion import fuse_linear_bn_weights
+    W, b = rng.normal(size=(5, 3)), rng.normal(size=5)
+    gamma, beta, rm, rv = rng.normal(size=5), rng.normal(size=5), rng.normal(size=5), rng.uniform(0.1, 3, 5)
+    t = [torch.from_numpy(a) for a in (W, b, rm, rv)]
+    W_t, b_t = fuse_linear_bn_weights(t[0], t[1], t[2], t[3], 1e-5, torch.from_numpy(gamma), torch.from_numpy(beta))
+    W_f, b_f = bnref.fold_linear(W, b, gamma, beta, rm, rv)
+    np.testing.assert_allclose(W_f, W_t.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(b_f, b_t.detach().numpy(), rtol=1e-12, atol=1e-14)
