@@ -1,0 +1,439 @@
+"""bnref.grading: each check passes the right answer, fails each known mistake with its message.
+
+The learner's functions are written here as source text, as a learner would type them, and
+run through the real checks (kernel side in this process, the verdict from the judge process).
+Every expectation says which cases pass, so partial credit is pinned down per mistake.
+"""
+import textwrap
+
+import numpy as np
+import pytest
+
+from bnref.grading import _cases
+from bnref.grading._kernel import GradingError, run_check
+
+
+def define(src, **extra):
+    """Define the learner's functions from source, in a fresh namespace with ``np``."""
+    ns = {"np": np, **extra}
+    exec(compile(textwrap.dedent(src), "<learner cell>", "exec"), ns)
+    return ns
+
+
+def outcome(check, funcs, case):
+    """``"pass"`` or the failure message."""
+    try:
+        run_check(check, funcs, case)
+        return "pass"
+    except GradingError as e:
+        return str(e)
+
+
+def assert_outcomes(check, funcs, expected):
+    """``expected``: case -> "pass" or a substring that the failure message must contain."""
+    got = {case: outcome(check, funcs, case) for case in expected}
+    for case, want in expected.items():
+        if want == "pass":
+            assert got[case] == "pass", f"{check}/{case} should pass, failed with: {got[case]}"
+        else:
+            assert got[case] != "pass", f"{check}/{case} should fail ({want!r}) but passed"
+            assert want in got[case], f"{check}/{case}: expected {want!r} in message: {got[case]}"
+
+
+# ---------------------------------------------------------------- ps1: forward
+FWD = """
+def batchnorm_forward(x, gamma, beta, eps=1e-5):
+    mean = x.mean(axis=0)
+    var = {var}
+    x_hat = (x - mean) / {denominator}
+    out = {out}
+    return out, (x_hat, gamma)
+"""
+CORRECT = dict(var="((x - mean) ** 2).mean(axis=0)", denominator="np.sqrt(var + eps)", out="gamma * x_hat + beta")
+
+
+def fwd(**change):
+    return define(FWD.format(**{**CORRECT, **change}))["batchnorm_forward"]
+
+
+FWD_CASES = ["normalise", "scale_shift", "eps", "shapes", "float32"]
+
+
+@pytest.mark.parametrize("name, change, expected", [
+    ("correct", {}, dict.fromkeys(FWD_CASES, "pass")),
+    ("unbiased variance", dict(var="x.var(axis=0, ddof=1)"),
+     dict(normalise="unbiased", scale_shift="pass", eps="pass", shapes="unbiased", float32="unbiased")),
+    ("missing eps", dict(denominator="np.sqrt(var)"),
+     dict(normalise="pass", scale_shift="pass", eps="eps is missing", shapes="pass", float32="pass")),
+    ("eps outside the sqrt", dict(denominator="(np.sqrt(var) + eps)"),
+     dict(normalise="pass", scale_shift="pass", eps="inside", shapes="pass", float32="pass")),
+    ("wrong axis", dict(var="x.var(axis=1, keepdims=True)",
+                        denominator="np.sqrt(var + eps)"),   # mean still over axis 0: wrong anyway
+     dict(normalise="Wrong result", scale_shift="Wrong result")),
+    ("beta missing", dict(out="gamma * x_hat"),
+     dict(normalise="pass", scale_shift="beta is not added", eps="beta", shapes="beta")),
+    ("gamma and beta swapped", dict(out="beta * x_hat + gamma"),
+     dict(normalise="swapped", scale_shift="swapped")),
+    ("float64 output for float32 input", dict(out="gamma * x_hat + beta + np.zeros(x.shape)"),
+     dict(normalise="pass", shapes="pass", float32="float64 for float32 input")),
+])
+def test_batchnorm_forward_mistakes(name, change, expected):
+    assert_outcomes("batchnorm_forward", (fwd(**change),), expected)
+
+
+def test_forward_stats_over_rows_is_called_the_wrong_axis():
+    f = define("""
+    def batchnorm_forward(x, gamma, beta, eps=1e-5):
+        mean = x.mean(axis=1, keepdims=True)
+        var = x.var(axis=1, keepdims=True)
+        return gamma * (x - mean) / np.sqrt(var + eps) + beta, None
+    """)["batchnorm_forward"]
+    assert_outcomes("batchnorm_forward", (f,), dict(normalise="wrong axis", scale_shift="wrong axis"))
+
+
+def test_forward_that_raises_reports_the_exception():
+    f = define("""
+    def batchnorm_forward(x, gamma, beta, eps=1e-5):
+        return x + np.ones(7), None
+    """)["batchnorm_forward"]
+    msg = outcome("batchnorm_forward", (f,), "normalise")
+    assert "raised ValueError" in msg and "Check the shapes" in msg
+
+
+@pytest.mark.parametrize("body, message", [
+    ("raise NotImplementedError()", "not implemented yet"),
+    ("return x", "must return (out, cache)"),
+    ("return None, None", "out is None"),
+    ("return [[0.0]], None", "has shape"),
+])
+def test_forward_structure_errors(body, message):
+    f = define(f"def batchnorm_forward(x, gamma, beta, eps=1e-5):\n    {body}\n")["batchnorm_forward"]
+    assert message in outcome("batchnorm_forward", (f,), "normalise")
+
+
+def test_renamed_eps_argument_is_reported():
+    f = define("""
+    def batchnorm_forward(x, gamma, beta, epsilon=1e-5):
+        return x, None
+    """)["batchnorm_forward"]
+    assert "Keep the function's name and arguments" in outcome("batchnorm_forward", (f,), "eps")
+
+
+# ---------------------------------------------------------------- ps1: running statistics
+RUN = """
+def running_stats_update(running_mean, running_var, x, momentum=0.1):
+    N = x.shape[0]
+    mean = x.mean(axis=0)
+    var = {var}
+    running_mean = {m}
+    running_var = {v}
+    return running_mean, running_var
+"""
+RUN_OK = dict(var="x.var(axis=0, ddof=1)", m="(1 - momentum) * running_mean + momentum * mean",
+              v="(1 - momentum) * running_var + momentum * var")
+RUN_FLIP = dict(m="momentum * running_mean + (1 - momentum) * mean",
+                v="momentum * running_var + (1 - momentum) * var")
+
+
+def run(**change):
+    return define(RUN.format(**{**RUN_OK, **change}))["running_stats_update"]
+
+
+@pytest.mark.parametrize("name, change, expected", [
+    ("correct", {}, dict(momentum="pass", unbiased="pass", sequence="pass", float32="pass")),
+    ("momentum flipped", RUN_FLIP,
+     dict(momentum="momentum convention is flipped", unbiased="pass", sequence="flipped", float32="flipped")),
+    ("biased running variance", dict(var="x.var(axis=0)"),
+     dict(momentum="pass", unbiased="unbiased one", sequence="unbiased", float32="unbiased")),
+    ("both", dict(var="x.var(axis=0)", **RUN_FLIP),
+     dict(momentum="two mistakes", unbiased="unbiased one")),
+    ("momentum ignored", dict(m="0.9 * running_mean + 0.1 * mean", v="0.9 * running_var + 0.1 * var"),
+     dict(momentum="pass", unbiased="momentum argument is ignored", sequence="ignored")),
+])
+def test_running_stats_mistakes(name, change, expected):
+    assert_outcomes("running_stats_update", (run(**change),), expected)
+
+
+def test_running_stats_updated_in_place_is_fine():
+    f = define("""
+    def running_stats_update(running_mean, running_var, x, momentum=0.1):
+        running_mean *= 1 - momentum
+        running_mean += momentum * x.mean(axis=0)
+        running_var *= 1 - momentum
+        running_var += momentum * x.var(axis=0, ddof=1)
+        return running_mean, running_var
+    """)["running_stats_update"]
+    assert_outcomes("running_stats_update", (f,), dict(momentum="pass", sequence="pass"))
+
+
+# ---------------------------------------------------------------- ps1: inference
+INF = """
+def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):
+    return {body}
+"""
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta",
+     dict(running_stats="pass", eps="pass", single_example="pass")),
+    ("gamma * (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + eps) + beta",
+     dict(running_stats="batch's own mean", eps="batch", single_example="batch")),
+    ("gamma * (x - running_mean) / np.sqrt(running_var) + beta",
+     dict(running_stats="pass", eps="eps is missing", single_example="pass")),
+    ("gamma * (x - running_mean) / (running_var + eps) + beta",
+     dict(running_stats="square root", eps="square root")),
+])
+def test_inference_mistakes(body, expected):
+    f = define(INF.format(body=body))["batchnorm_inference"]
+    assert_outcomes("batchnorm_inference", (f,), expected)
+
+
+# ---------------------------------------------------------------- ps2: backward
+FWD_CACHE = define("""
+def batchnorm_forward(x, gamma, beta, eps=1e-5):
+    mean = x.mean(axis=0)
+    var = x.var(axis=0)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    x_hat = (x - mean) * inv_std
+    return gamma * x_hat + beta, (x_hat, inv_std, gamma)
+""")["batchnorm_forward"]
+BWD = """
+def batchnorm_backward(dout, cache):
+    x_hat, inv_std, gamma = cache
+    N = dout.shape[0]
+    dbeta = {dbeta}
+    dgamma = {dgamma}
+    dx_hat = dout * gamma
+    dx = {dx}
+    return dx, dgamma, dbeta
+"""
+BWD_OK = dict(dbeta="dout.sum(axis=0)", dgamma="(dout * x_hat).sum(axis=0)",
+              dx="inv_std * (dx_hat - dx_hat.mean(axis=0) - x_hat * (dx_hat * x_hat).mean(axis=0))")
+
+
+def bwd(**change):
+    return define(BWD.format(**{**BWD_OK, **change}))["batchnorm_backward"]
+
+
+@pytest.mark.parametrize("name, change, expected", [
+    ("correct", {}, dict(dgamma_dbeta="pass", dx="pass", shapes="pass", float32="pass")),
+    ("no path through the mean", dict(dx="inv_std * (dx_hat - x_hat * (dx_hat * x_hat).mean(axis=0))"),
+     dict(dgamma_dbeta="pass", dx="through the batch mean", shapes="mean", float32="mean")),
+    ("no path through the variance", dict(dx="inv_std * (dx_hat - dx_hat.mean(axis=0))"),
+     dict(dgamma_dbeta="pass", dx="through the batch variance")),
+    ("mean and variance treated as constants", dict(dx="inv_std * dx_hat"),
+     dict(dgamma_dbeta="pass", dx="constants")),
+    ("dgamma and dbeta not summed", dict(dbeta="dout", dgamma="dout * x_hat"),
+     dict(dgamma_dbeta="not summed over the batch", dx="pass", shapes="not summed")),
+    ("dgamma without x_hat", dict(dgamma="dout.sum(axis=0)"),
+     dict(dgamma_dbeta="missing the factor x_hat", dx="pass")),
+])
+def test_batchnorm_backward_mistakes(name, change, expected):
+    assert_outcomes("batchnorm_backward", (FWD_CACHE, bwd(**change)), expected)
+
+
+def test_backward_reports_a_wrong_forward():
+    wrong_fwd = define("""
+    def batchnorm_forward(x, gamma, beta, eps=1e-5):
+        mean = x.mean(axis=0)
+        inv_std = 1.0 / np.sqrt(x.var(axis=0, ddof=1) + eps)
+        x_hat = (x - mean) * inv_std
+        return gamma * x_hat + beta, (x_hat, inv_std, gamma)
+    """)["batchnorm_forward"]
+    msg = outcome("batchnorm_backward", (wrong_fwd, bwd()), "dx")
+    assert "forward pass's output is wrong too" in msg
+
+
+# ---------------------------------------------------------------- ps3: spatial
+SP_FWD = """
+def spatial_batchnorm_forward(x, gamma, beta, eps=1e-5):
+    N, C, H, W = x.shape
+    {body}
+"""
+SP_OK = """mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    var = x.var(axis=(0, 2, 3), keepdims=True)
+    x_hat = (x - mean) / np.sqrt(var + eps)
+    return gamma.reshape(1, C, 1, 1) * x_hat + beta.reshape(1, C, 1, 1), (x_hat, var, gamma, eps)"""
+SP_RESHAPE_BUG = """x2 = x.reshape(-1, C)
+    mean, var = x2.mean(axis=0), x2.var(axis=0)
+    out = (gamma * (x2 - mean) / np.sqrt(var + eps) + beta).reshape(N, C, H, W)
+    return out, None"""
+SP_INSTANCE = """mean = x.mean(axis=(2, 3), keepdims=True)
+    var = x.var(axis=(2, 3), keepdims=True)
+    x_hat = (x - mean) / np.sqrt(var + eps)
+    return gamma.reshape(1, C, 1, 1) * x_hat + beta.reshape(1, C, 1, 1), None"""
+
+
+@pytest.mark.parametrize("body, expected", [
+    (SP_OK, dict(axes="pass", exact="pass", shapes="pass", float32="pass")),
+    (SP_RESHAPE_BUG, dict(axes="x.reshape(-1, C) mixes channels", exact="reshape", shapes="reshape")),
+    (SP_INSTANCE, dict(axes="InstanceNorm", exact="InstanceNorm")),
+])
+def test_spatial_forward_mistakes(body, expected):
+    f = define(SP_FWD.format(body=body))["spatial_batchnorm_forward"]
+    assert_outcomes("spatial_batchnorm_forward", (f,), expected)
+
+
+SP_BWD = """
+def spatial_batchnorm_backward(dout, cache):
+    x_hat, var, gamma, eps = cache
+    N, C, H, W = dout.shape
+    m = N * H * W
+    inv_std = 1 / np.sqrt(var + eps)
+    dbeta = {dbeta}
+    dgamma = {dgamma}
+    g = gamma.reshape(1, C, 1, 1) * inv_std
+    dx = g / m * (m * dout - dout.sum(axis=(0, 2, 3), keepdims=True)
+                  - x_hat * (dout * x_hat).sum(axis=(0, 2, 3), keepdims=True))
+    return dx, dgamma, dbeta
+"""
+
+
+@pytest.mark.parametrize("dbeta, dgamma, expected", [
+    ("dout.sum(axis=(0, 2, 3))", "(dout * x_hat).sum(axis=(0, 2, 3))",
+     dict(dgamma_dbeta="pass", dx="pass", shapes="pass")),
+    ("dout.sum(axis=0)", "(dout * x_hat).sum(axis=0)",
+     dict(dgamma_dbeta="summed over the batch only", dx="pass", shapes="summed over the batch only")),
+])
+def test_spatial_backward_mistakes(dbeta, dgamma, expected):
+    fwd_ = define(SP_FWD.format(body=SP_OK))["spatial_batchnorm_forward"]
+    bwd_ = define(SP_BWD.format(dbeta=dbeta, dgamma=dgamma))["spatial_batchnorm_backward"]
+    assert_outcomes("spatial_batchnorm_backward", (fwd_, bwd_), expected)
+
+
+# ---------------------------------------------------------------- ps4: folding
+FOLD = """
+def fold_batchnorm(W, b, gamma, beta, running_mean, running_var, eps=1e-5):
+    scale = gamma / np.sqrt(running_var + eps)
+    {none}
+    return {W_f}, {b_f}
+"""
+FOLD_OK = dict(none="b = np.zeros_like(running_mean) if b is None else b", W_f="W * scale",
+               b_f="(b - running_mean) * scale + beta")
+
+
+@pytest.mark.parametrize("name, change, expected", [
+    ("correct", {}, dict(W_folded="pass", b_folded="pass", no_bias="pass", shapes="pass")),
+    ("sign of the mean", dict(b_f="(b + running_mean) * scale + beta"),
+     dict(W_folded="pass", b_folded="wrong sign", no_bias="wrong sign", shapes="wrong sign")),
+    ("b not scaled", dict(b_f="b - running_mean * scale + beta"),
+     dict(W_folded="pass", b_folded="not multiplied by the scale", no_bias="pass")),
+    ("scale inverted", dict(W_f="W / scale"), dict(W_folded="inverted", b_folded="pass")),
+    ("PyTorch layout", dict(W_f="(W * scale).T"),
+     dict(W_folded="transposed", b_folded="pass", shapes="transposed")),
+    ("rows scaled", dict(W_f="W * scale[:, None]"),
+     dict(W_folded="raised ValueError", b_folded="raised ValueError")),
+    ("b None not handled", dict(none="pass"),
+     dict(W_folded="pass", b_folded="pass", no_bias="raised TypeError", shapes="pass")),
+])
+def test_fold_mistakes(name, change, expected):
+    f = define(FOLD.format(**{**FOLD_OK, **change}))["fold_batchnorm"]
+    assert_outcomes("fold_batchnorm", (f,), expected)
+
+
+def test_fold_rows_on_a_square_layer_is_named():
+    f = define(FOLD.format(**{**FOLD_OK, "W_f": "W * scale[:, None]"}))["fold_batchnorm"]
+    assert "rows of W" in outcome("fold_batchnorm", (f,), "shapes")
+
+
+# ---------------------------------------------------------------- ps5: LayerNorm, GroupNorm
+LN = """
+def layernorm_forward(x, gamma, beta, eps=1e-5):
+    mean = x.mean(axis={a}, keepdims=True)
+    var = x.var(axis={a}, keepdims=True)
+    inv_std = 1 / np.sqrt(var + eps)
+    x_hat = (x - mean) * inv_std
+    return gamma * x_hat + beta, (x_hat, inv_std, gamma)
+
+def layernorm_backward(dout, cache):
+    x_hat, inv_std, gamma = cache
+    g = dout * gamma
+    dx = {dx}
+    return dx, {dgamma}, {dbeta}
+"""
+LN_OK = dict(a=1, dx="inv_std * (g - g.mean(axis=1, keepdims=True) - x_hat * (g * x_hat).mean(axis=1, keepdims=True))",
+             dgamma="(dout * x_hat).sum(axis=0)", dbeta="dout.sum(axis=0)")
+
+
+def test_layernorm_correct_and_batch_axis():
+    ok = define(LN.format(**LN_OK))
+    assert_outcomes("layernorm_forward", (ok["layernorm_forward"],), dict(rows="pass", exact="pass", shapes="pass"))
+    assert_outcomes("layernorm_backward", (ok["layernorm_forward"], ok["layernorm_backward"]),
+                    dict(dgamma_dbeta="pass", dx="pass", shapes="pass"))
+    bn = define(LN.format(**{**LN_OK, "a": 0}))
+    assert_outcomes("layernorm_forward", (bn["layernorm_forward"],), dict(rows="BatchNorm", exact="BatchNorm"))
+
+
+def test_layernorm_backward_mistakes():
+    ns = define(LN.format(**{**LN_OK, "dgamma": "(dout * x_hat).sum(axis=1)", "dbeta": "dout.sum(axis=1)",
+                             "dx": "inv_std * (g - x_hat * (g * x_hat).mean(axis=1, keepdims=True))"}))
+    assert_outcomes("layernorm_backward", (ns["layernorm_forward"], ns["layernorm_backward"]),
+                    dict(dgamma_dbeta="summed over the features", dx="each row's mean"))
+
+
+GN = """
+def groupnorm_forward(x, gamma, beta, G, eps=1e-5):
+    N, C, H, W = x.shape
+    xg = x.reshape({shape})
+    mean = xg.mean(axis={axes}, keepdims=True)
+    var = xg.var(axis={axes}, keepdims=True)
+    x_hat = ((xg - mean) / np.sqrt(var + eps)).reshape(N, C, H, W)
+    return gamma.reshape(1, C, 1, 1) * x_hat + beta.reshape(1, C, 1, 1), None
+"""
+
+
+@pytest.mark.parametrize("shape, axes, expected", [
+    ("N, G, C // G, H, W", "(2, 3, 4)", dict(groups="pass", exact="pass", shapes="pass")),
+    ("N, C // G, G, H, W", "(1, 3, 4)", dict(groups="CONSECUTIVE", exact="CONSECUTIVE", shapes="CONSECUTIVE")),
+    ("N, C, 1, H, W", "(2, 3, 4)", dict(groups="InstanceNorm", exact="InstanceNorm")),
+    ("N, 1, C, H, W", "(2, 3, 4)", dict(groups="LayerNorm", exact="LayerNorm")),
+    ("N, G, C // G, H, W", "(0, 2, 3, 4)", dict(groups="batch axis", exact="batch axis")),
+])
+def test_groupnorm_mistakes(shape, axes, expected):
+    f = define(GN.format(shape=shape, axes=axes))["groupnorm_forward"]
+    assert_outcomes("groupnorm_forward", (f,), expected)
+
+
+# ---------------------------------------------------------------- every case can fail
+WRONG = {
+    "batchnorm_forward": lambda: (fwd(var="x.var(axis=0, ddof=1)", denominator="np.sqrt(var)"),),
+    "running_stats_update": lambda: (run(var="x.var(axis=0)", **RUN_FLIP),),
+    "batchnorm_inference": lambda: (define(INF.format(
+        body="gamma * (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0)) + beta"))["batchnorm_inference"],),
+    "batchnorm_backward": lambda: (FWD_CACHE, bwd(dbeta="dout", dgamma="dout", dx="dout")),
+    "spatial_batchnorm_forward": lambda: (define(SP_FWD.format(body=SP_RESHAPE_BUG))["spatial_batchnorm_forward"],),
+    "spatial_batchnorm_backward": lambda: (define(SP_FWD.format(body=SP_OK))["spatial_batchnorm_forward"],
+                                           define("def spatial_batchnorm_backward(dout, cache):\n"
+                                                  "    return dout, dout.sum(axis=0), dout.sum(axis=0)\n")
+                                           ["spatial_batchnorm_backward"]),
+    "fold_batchnorm": lambda: (define(FOLD.format(**{**FOLD_OK, "W_f": "W", "b_f": "b"}))["fold_batchnorm"],),
+    "layernorm_forward": lambda: (define(LN.format(**{**LN_OK, "a": 0}))["layernorm_forward"],),
+    "layernorm_backward": lambda: (define(LN.format(**LN_OK))["layernorm_forward"],
+                                   define(LN.format(**{**LN_OK, "dx": "g", "dgamma": "dout", "dbeta": "dout"}))
+                                   ["layernorm_backward"]),
+    "groupnorm_forward": lambda: (define(GN.format(shape="N, C // G, G, H, W", axes="(1, 3, 4)"))
+                                  ["groupnorm_forward"],),
+}
+
+
+@pytest.mark.parametrize("check, case", [(c, k) for c in _cases.CASES for k in _cases.CASES[c]])
+def test_every_case_fails_a_wrong_answer(check, case):
+    """No test that cannot fail: a wrong implementation fails every case of every check."""
+    assert outcome(check, WRONG[check](), case) != "pass"
+
+
+def test_implemented_case_fails_the_release_stub():
+    f = define("def batchnorm_forward(x, gamma, beta, eps=1e-5):\n    raise NotImplementedError()\n")
+    assert "not implemented yet" in outcome("batchnorm_forward", (f["batchnorm_forward"],), "implemented")
+
+
+def test_an_exception_on_a_later_hidden_input_is_reported():
+    f = define("""
+    def batchnorm_forward(x, gamma, beta, eps=1e-5):
+        if x.shape[0] == 2:
+            raise ZeroDivisionError("tiny batch")
+        mean = x.mean(axis=0)
+        return gamma * (x - mean) / np.sqrt(x.var(axis=0) + eps) + beta, None
+    """)["batchnorm_forward"]
+    msg = outcome("batchnorm_forward", (f,), "shapes")
+    assert "raised ZeroDivisionError: tiny batch" in msg
