@@ -18,13 +18,18 @@ import platform
 import time
 from pathlib import Path
 
-import numba
-import numpy as np
-import torch
-import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
+# The libraries' OpenMP thread pools (PyTorch's, Numba's, OpenBLAS's) take turns here; with
+# the default spin-waiting, the idle pool of one steals the cores of the next one's threads
+# (on 2 cores that doubles some timings). Passive waiting treats every library alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import bnref
+import numba  # noqa: E402  (after the environment is set)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+import bnref  # noqa: E402
 
 SHAPES = [((4096, 1024), "NC"), ((32, 64, 56, 56), "NCHW"), ((32, 56, 56, 64), "NHWC"),
           ((8, 256, 28, 28), "NCHW"), ((8, 28, 28, 256), "NHWC"), ((64, 128), "NC")]
@@ -124,7 +129,7 @@ def main():
             print(rows[-2], rows[-1], sep="\n", flush=True)
     meta = (f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores; numpy {np.__version__}, numba {numba.__version__}, torch {torch.__version__}; "
-            f"float32, median of {rounds} interleaved rounds; copy bandwidth (read+write) {copy_bw:.1f} GB/s "
+            f"float32, median of {rounds} interleaved rounds, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; copy bandwidth (read+write) {copy_bw:.1f} GB/s "
             f"measured in the same run. Ratios < 1 mean bnref is faster. Minimal bytes: forward 2|x|, backward 3|x|.")
     table = "\n".join(rows)
     out = Path(__file__).parent / "results" / "cpu.md"
