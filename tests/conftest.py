@@ -15,19 +15,16 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
-@pytest.fixture(params=["numpy", "numba"])
+@pytest.fixture(params=["numpy", "numba-threaded", "numba-serial"])
 def cpu_kernels(request):
-    """Run a test once with the readable NumPy kernels and once with the compiled Numba ones."""
+    """Run a test with the readable NumPy kernels and with both forms of the compiled Numba ones."""
     import bnref
+    from bnref.kernels import numba_bn
 
-    old = bnref.get_cpu_kernels()
-    bnref.set_cpu_kernels(request.param)
-    if request.param == "numba":
-        from bnref.kernels import numba_bn
-
-        # The test inputs are small; force the compiled kernels instead of the small-size fallback.
-        small, numba_bn.SMALL = numba_bn.SMALL, 0
+    old, small = bnref.get_cpu_kernels(), numba_bn.SMALL
+    bnref.set_cpu_kernels("numpy" if request.param == "numpy" else "numba")
+    # Test inputs are small: choose the threaded or the serial kernels explicitly.
+    numba_bn.SMALL = 0 if request.param == "numba-threaded" else 2**62
     yield request.param
-    if request.param == "numba":
-        numba_bn.SMALL = small
+    numba_bn.SMALL = small
     bnref.set_cpu_kernels(old)

@@ -67,7 +67,15 @@ def test_forward_and_backward_match_torch_in_training_mode(rng, shape, dtype, ax
 
     assert y.dtype == dtype and y.shape == x.shape and dx.dtype == dtype
     close(to_channels_first(y, axis), yt, dtype)
-    close(to_channels_first(dx, axis), xt.grad, dtype)
+    if dtype == np.float32:
+        # dx cancels terms of size gamma * inv_std * dy, and the float32 rounding of x - mean is
+        # amplified by |x| * inv_std (a batch of two with close values has a tiny variance), so
+        # the error bound scales with that condition number, not with the size of dx.
+        k = np.abs(gamma if affine else 1.0) * cache.inv_std
+        cond = np.max(k) * np.abs(dy).max() * max(1.0, np.abs(x).max() * cache.inv_std.max())
+        np.testing.assert_allclose(to_channels_first(dx, axis), xt.grad.numpy(), rtol=2e-4, atol=1e-6 * cond)
+    else:
+        close(to_channels_first(dx, axis), xt.grad, dtype)
     if affine:
         close(dgamma, gt.grad, dtype)
         close(dbeta, bt.grad, dtype)

@@ -12,7 +12,6 @@ allow reassociation (vectorised sums) but not ``nnan``/``ninf``: NaN and inf sti
 import numba as nb
 import numpy as np
 
-from . import numpy_bn
 from .numpy_norms import gn_backward, gn_forward, ln_backward, ln_forward  # noqa: F401  (same kernel API)
 
 __all__ = ["bn_stats", "bn_forward_train", "bn_backward", "bn_inference",
@@ -22,7 +21,7 @@ _FM = {"reassoc", "contract", "nsz", "arcp"}           # vectorise reductions; k
 _JIT = dict(parallel=True, cache=True, fastmath=_FM, nogil=True)
 
 
-# Below this many elements, starting threads costs more than the work: use the NumPy kernels.
+# Below this many elements, starting threads costs more than the work: use serial kernels.
 SMALL = 1 << 15
 
 
@@ -133,23 +132,96 @@ def _affine_cols(x2, center, scale, offset, out, nchunk):
 
 
 @nb.njit(**_JIT)
-def _dx_rows(dy3, x3, mean, k1, k2, k3, out):
-    """dx = k1 * dy + k2 * (x - mean) + k3 per channel."""
+def _dx_rows(dy3, x3, mean, inv_std, k, dg, db, out):
+    """dx = k * (dy - db - x_hat * dg) per channel, x_hat = (x - mean) * inv_std.
+
+    x_hat is formed first so that the terms that cancel are all of the size of dy, as in
+    the NumPy kernel (when var ~ eps, (x - mean) alone is tiny and inv_std huge)."""
     A, C, B = x3.shape
     for r in nb.prange(A * C):
         a, c = r // C, r % C
-        mu, a1, a2, a3 = mean[c], k1[c], k2[c], k3[c]
+        mu, iv, kc, g, d = mean[c], inv_std[c], k[c], dg[c], db[c]
         for b in range(B):
-            out[a, c, b] = a1 * dy3[a, c, b] + a2 * (x3[a, c, b] - mu) + a3
+            out[a, c, b] = kc * (dy3[a, c, b] - d - (x3[a, c, b] - mu) * iv * g)
 
 
 @nb.njit(**_JIT)
-def _dx_cols(dy2, x2, mean, k1, k2, k3, out, nchunk):
+def _dx_cols(dy2, x2, mean, inv_std, k, dg, db, out, nchunk):
     M, C = x2.shape
-    for k in nb.prange(nchunk):
-        for i in range(k * M // nchunk, (k + 1) * M // nchunk):
+    for j in nb.prange(nchunk):
+        for i in range(j * M // nchunk, (j + 1) * M // nchunk):
             for c in range(C):
-                out[i, c] = k1[c] * dy2[i, c] + k2[c] * (x2[i, c] - mean[c]) + k3[c]
+                out[i, c] = k[c] * (dy2[i, c] - db[c] - (x2[i, c] - mean[c]) * inv_std[c] * dg[c])
+
+
+# ---------------------------------------------------------------- serial twins for small inputs
+# The same functions compiled without threads: below SMALL elements, waking a thread pool
+# costs more than the work itself (prange runs as a plain range here).
+_SERIAL = dict(_JIT, parallel=False)
+_serial = {f.__name__: nb.njit(**_SERIAL)(f.py_func)
+           for f in (_sums_rows, _sums_cols, _bwd_sums_rows, _bwd_sums_cols,
+                     _affine_rows, _affine_cols, _dx_rows, _dx_cols)}
+
+
+@nb.njit(**_SERIAL)
+def _forward_small(x3, gamma, beta, eps):
+    """The whole training forward in one call, for small inputs (no per-step Python overhead).
+
+    The channel loop is innermost: contiguous for channels-last and (N, C) inputs (B == 1),
+    and small inputs fit in cache whatever the stride.
+    """
+    A, C, B = x3.shape
+    m = A * B
+    shift = x3[0, :, 0].copy()
+    s1 = np.zeros(C)
+    s2 = np.zeros(C)
+    for a in range(A):
+        for b in range(B):
+            for c in range(C):
+                d = np.float64(x3[a, c, b] - shift[c])
+                s1[c] += d
+                s2[c] += d * d
+    d_mean = s1 / m
+    var = np.maximum(s2 / m - d_mean * d_mean, 0.0)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    scale = (gamma * inv_std).astype(x3.dtype)
+    offset = (beta - d_mean * gamma * inv_std).astype(x3.dtype)
+    y3 = np.empty_like(x3)
+    for a in range(A):
+        for b in range(B):
+            for c in range(C):
+                y3[a, c, b] = (x3[a, c, b] - shift[c]) * scale[c] + offset[c]
+    return y3, (shift + d_mean).astype(x3.dtype), var.astype(x3.dtype), inv_std.astype(x3.dtype)
+
+
+@nb.njit(**_SERIAL)
+def _backward_small(dy3, x3, mean, inv_std, gamma):
+    """The whole backward in one call, for small inputs."""
+    A, C, B = x3.shape
+    m = A * B
+    dbeta = np.zeros(C)
+    s = np.zeros(C)
+    for a in range(A):
+        for b in range(B):
+            for c in range(C):
+                g = np.float64(dy3[a, c, b])
+                dbeta[c] += g
+                s[c] += g * np.float64(x3[a, c, b] - mean[c])
+    dgamma = s * inv_std
+    k = (gamma * inv_std).astype(x3.dtype)
+    dg = (dgamma / m).astype(x3.dtype)
+    db = (dbeta / m).astype(x3.dtype)
+    dx3 = np.empty_like(x3)
+    for a in range(A):
+        for b in range(B):
+            for c in range(C):
+                dx3[a, c, b] = k[c] * (dy3[a, c, b] - db[c] - (x3[a, c, b] - mean[c]) * inv_std[c] * dg[c])
+    return dx3, dgamma.astype(x3.dtype), dbeta.astype(x3.dtype)
+
+
+def _k(f, n):
+    """The threaded kernel ``f``, or its serial twin when ``n`` elements are too few for threads."""
+    return _serial[f.__name__] if n < SMALL else f
 
 
 # ---------------------------------------------------------------- the kernel API
@@ -157,8 +229,8 @@ def _dx_cols(dy2, x2, mean, k1, k2, k3, out, nchunk):
 def _sums(x3, shift):
     A, C, B = x3.shape
     if B == 1:
-        return _sums_cols(x3.reshape(A, C), shift, _chunks(A))
-    return _sums_rows(x3, shift)
+        return _k(_sums_cols, x3.size)(x3.reshape(A, C), shift, _chunks(A))
+    return _k(_sums_rows, x3.size)(x3, shift)
 
 
 def bn_stats(x3):
@@ -178,16 +250,16 @@ def _affine(x3, center, scale, offset):
     dt = x3.dtype
     args = (center.astype(dt), scale.astype(dt), offset.astype(dt))
     if B == 1:
-        _affine_cols(x3.reshape(A, C), *args, out.reshape(A, C), _chunks(A))
+        _k(_affine_cols, x3.size)(x3.reshape(A, C), *args, out.reshape(A, C), _chunks(A))
     else:
-        _affine_rows(x3, *args, out)
+        _k(_affine_rows, x3.size)(x3, *args, out)
     return out
 
 
 def bn_forward_train(x3, gamma, beta, eps):
     """Training-mode forward; returns ``(y3, mean, var, inv_std)`` like ``numpy_bn``."""
     if x3.size < SMALL:
-        return numpy_bn.bn_forward_train(x3, gamma, beta, eps)
+        return _forward_small(x3, gamma, beta, eps)
     mean, var, shift, d_mean = bn_stats(x3)
     var64 = var.astype(np.float64)
     inv_std = 1.0 / np.sqrt(var64 + eps)
@@ -200,32 +272,27 @@ def bn_forward_train(x3, gamma, beta, eps):
 def bn_backward(dy3, x3, mean, inv_std, gamma):
     """Backward; returns ``(dx3, dgamma, dbeta)`` like ``numpy_bn``."""
     if x3.size < SMALL:
-        return numpy_bn.bn_backward(dy3, x3, mean, inv_std, gamma)
+        return _backward_small(dy3, x3, mean, inv_std, gamma)
     A, C, B = x3.shape
     m = A * B
     dt = x3.dtype
     if B == 1:
-        dbeta, s = _bwd_sums_cols(dy3.reshape(A, C), x3.reshape(A, C), mean, _chunks(A))
+        dbeta, s = _k(_bwd_sums_cols, x3.size)(dy3.reshape(A, C), x3.reshape(A, C), mean, _chunks(A))
     else:
-        dbeta, s = _bwd_sums_rows(dy3, x3, mean)
+        dbeta, s = _k(_bwd_sums_rows, x3.size)(dy3, x3, mean)
     inv = inv_std.astype(np.float64)
-    g = gamma.astype(np.float64)
     dgamma = s * inv                                             # sum(dy * x_hat)
-    k1 = g * inv                                                 # dx = k1*dy + k2*(x - mean) + k3
-    k2 = -g * inv * inv * dgamma / m
-    k3 = -g * inv * dbeta / m
+    k = gamma.astype(np.float64) * inv                           # dx = k * (dy - dbeta/m - x_hat * dgamma/m)
     dx3 = np.empty_like(x3)
-    args = (mean, k1.astype(dt), k2.astype(dt), k3.astype(dt))
+    args = (mean, inv_std.astype(dt), k.astype(dt), (dgamma / m).astype(dt), (dbeta / m).astype(dt))
     if B == 1:
-        _dx_cols(dy3.reshape(A, C), x3.reshape(A, C), *args, dx3.reshape(A, C), _chunks(A))
+        _k(_dx_cols, x3.size)(dy3.reshape(A, C), x3.reshape(A, C), *args, dx3.reshape(A, C), _chunks(A))
     else:
-        _dx_rows(dy3, x3, *args, dx3)
+        _k(_dx_rows, x3.size)(dy3, x3, *args, dx3)
     return dx3, dgamma.astype(dt), dbeta.astype(dt)
 
 
 def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
     """Inference-mode forward: ``(x - running_mean) * gamma / sqrt(running_var + eps) + beta``."""
-    if x3.size < SMALL:
-        return numpy_bn.bn_inference(x3, gamma, beta, running_mean, running_var, eps)
     scale = gamma / np.sqrt(running_var.astype(np.float64) + eps)
     return _affine(x3, running_mean, scale, beta.astype(np.float64))
