@@ -5,8 +5,9 @@ minimum number of passes over memory (forward: one pass for the statistics, one 
 normalise; backward: one to reduce, one to write dx), multithreaded over rows or channels.
 Select them with ``bnref.set_cpu_kernels("numba")`` or ``BNREF_CPU_KERNELS=numba``.
 
-Accumulation is in float64 for both float32 and float64 inputs, after subtracting one sample
-per channel (the shift), so the variance is stable when ``|mean| >> std``. The fastmath flags
+Accumulation is in float64 (channels-last: blocks of 64 rows in the input dtype, then float64),
+after subtracting one sample per channel (the shift), so the variance is stable when
+``|mean| >> std``. The fastmath flags
 allow reassociation (vectorised sums) but not ``nnan``/``ninf``: NaN and inf still propagate.
 """
 import numba as nb
@@ -52,6 +53,11 @@ def _sums_rows(x3, shift):
     return s1.sum(axis=0), s2.sum(axis=0)               # (C,), (C,)
 
 
+# Channels-last: sum 64 rows at a time in the input's dtype (vectorised, no conversions),
+# then add each block into float64 totals: the rounding error of a block stays tiny.
+_BLOCK = 64
+
+
 @nb.njit(**_JIT)
 def _sums_cols(x2, shift, nchunk):
     """Same for x2 (M, C) (channels-last): threads take chunks of rows, C is the inner loop."""
@@ -61,11 +67,20 @@ def _sums_cols(x2, shift, nchunk):
     for k in nb.prange(nchunk):
         t1 = np.zeros(C)                                 # thread-local: no aliasing, vectorises
         t2 = np.zeros(C)
-        for i in range(k * M // nchunk, (k + 1) * M // nchunk):
+        b1 = np.empty(C, x2.dtype)
+        b2 = np.empty(C, x2.dtype)
+        lo, hi = k * M // nchunk, (k + 1) * M // nchunk
+        for i0 in range(lo, hi, _BLOCK):
+            b1[:] = 0
+            b2[:] = 0
+            for i in range(i0, min(i0 + _BLOCK, hi)):
+                for c in range(C):
+                    d = x2[i, c] - shift[c]
+                    b1[c] += d
+                    b2[c] += d * d
             for c in range(C):
-                d = np.float64(x2[i, c] - shift[c])
-                t1[c] += d
-                t2[c] += d * d
+                t1[c] += b1[c]
+                t2[c] += b2[c]
         p1[k] = t1
         p2[k] = t2
     return p1.sum(axis=0), p2.sum(axis=0)               # (C,), (C,)
@@ -99,11 +114,20 @@ def _bwd_sums_cols(dy2, x2, mean, nchunk):
     for k in nb.prange(nchunk):
         t1 = np.zeros(C)
         t2 = np.zeros(C)
-        for i in range(k * M // nchunk, (k + 1) * M // nchunk):
+        b1 = np.empty(C, x2.dtype)
+        b2 = np.empty(C, x2.dtype)
+        lo, hi = k * M // nchunk, (k + 1) * M // nchunk
+        for i0 in range(lo, hi, _BLOCK):
+            b1[:] = 0
+            b2[:] = 0
+            for i in range(i0, min(i0 + _BLOCK, hi)):
+                for c in range(C):
+                    g = dy2[i, c]
+                    b1[c] += g
+                    b2[c] += g * (x2[i, c] - mean[c])
             for c in range(C):
-                g = np.float64(dy2[i, c])
-                t1[c] += g
-                t2[c] += g * np.float64(x2[i, c] - mean[c])
+                t1[c] += b1[c]
+                t2[c] += b2[c]
         p1[k] = t1
         p2[k] = t2
     return p1.sum(axis=0), p2.sum(axis=0)
