@@ -346,6 +346,13 @@ def ics_gradient_change(net, X, y, lr):
     return out
 
 
+def _measurement_batch(data, t, batch_size, seed):
+    """A fixed random training batch for the measurement at step ``t`` (independent of training's order)."""
+    X_train, y_train = data[0], data[1]
+    idx = np.random.default_rng(seed + t).choice(len(X_train), batch_size, replace=False)
+    return X_train[idx], y_train[idx]
+
+
 def ics_during_training(data, norm=None, lr=0.1, steps=300, every=30, batch_size=64,
                         sizes=(64, 64, 64, 64, 10), activation="sigmoid", noise=None, seed=0, xp=np):
     """Train an MLP and measure :func:`ics_gradient_change` every ``every`` steps.
@@ -357,9 +364,7 @@ def ics_during_training(data, norm=None, lr=0.1, steps=300, every=30, batch_size
 
     def callback(t, net):
         if t % every == 0:
-            X_train, y_train = data[0], data[1]
-            idx = np.random.default_rng(seed + t).choice(len(X_train), batch_size, replace=False)
-            r = ics_gradient_change(net, X_train[idx], y_train[idx], lr)
+            r = ics_gradient_change(net, *_measurement_batch(data, t, batch_size, seed), lr)
             rec["step"].append(t)
             for key in ("l2", "rel", "cos"):
                 rec[key].append([d[key] for d in r])
@@ -442,9 +447,7 @@ def landscape_during_training(data, norm=None, lr=0.1, step_sizes=None, steps=30
 
     def callback(t, net):
         if t % every == 0:
-            X_train, y_train = data[0], data[1]
-            idx = np.random.default_rng(seed + t).choice(len(X_train), batch_size, replace=False)
-            r = landscape_along_gradient(net, X_train[idx], y_train[idx], step_sizes)
+            r = landscape_along_gradient(net, *_measurement_batch(data, t, batch_size, seed), step_sizes)
             rec["step"].append(t)
             rec["loss_min"].append(float(np.nanmin(r["loss"])))
             rec["loss_max"].append(float(np.nanmax(r["loss"])))

@@ -2,8 +2,7 @@
 import numpy as np
 
 from . import _validate as v
-from .functional import (_ema, _prepare, batchnorm_backward, batchnorm_forward,
-                         batchnorm_inference)
+from .functional import _ema, batchnorm_backward, batchnorm_forward, batchnorm_inference
 
 __all__ = ["BatchNorm"]
 
@@ -88,7 +87,6 @@ class BatchNorm:
         if C is not None and C != self.num_features:
             raise ValueError(f"x has {C} channels on axis {self.axis} (shape {tuple(x.shape)}), "
                              f"expected num_features={self.num_features}")
-        _prepare(x, self.gamma, self.beta, self.eps, self.axis)      # the remaining checks
         use_batch_stats = self.training or not self.track_running_stats
         if not use_batch_stats:
             y = batchnorm_inference(x, self.gamma, self.beta, self.running_mean, self.running_var,

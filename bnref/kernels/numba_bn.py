@@ -7,8 +7,11 @@ Select them with ``bnref.set_cpu_kernels("numba")`` or ``BNREF_CPU_KERNELS=numba
 
 Accumulation is in float64 (channels-last: blocks of 64 rows in the input dtype, then float64),
 after subtracting one sample per channel (the shift), so the variance is stable when
-``|mean| >> std``. The fastmath flags
-allow reassociation (vectorised sums) but not ``nnan``/``ninf``: NaN and inf still propagate.
+``|mean| >> std``. The fastmath flags allow reassociation (vectorised sums) but not
+``nnan``/``ninf``: NaN and inf still propagate.
+
+Each pass has a threaded kernel and a serial twin (the same Python function compiled without
+threads) for inputs below ``SMALL`` elements.
 """
 import numba as nb
 import numpy as np
@@ -22,6 +25,8 @@ _FM = {"reassoc", "contract", "nsz", "arcp"}           # vectorise reductions; k
 _JIT = dict(parallel=True, cache=True, fastmath=_FM, nogil=True)
 
 
+_SERIAL = dict(_JIT, parallel=False)
+
 # Below this many elements, starting threads costs more than the work: use serial kernels.
 SMALL = 1 << 15
 
@@ -32,22 +37,24 @@ def _chunks(M):
 
 
 # ---------------------------------------------------------------- reductions per channel
+# One reduction serves forward and backward: per channel, sum(u - cu) and
+# sum((u - cu) * (v - cv)). Forward: u = v = x, cu = cv = shift -> sums of d and d^2.
+# Backward: u = dy, cu = 0, v = x, cv = mean -> dbeta and sum(dy * (x - mean)).
 
 @nb.njit(**_JIT)
-def _sums_rows(x3, shift):
-    """(sum d, sum d*d) per channel of d = x3 - shift, x3 (A, C, B) with B > 1: one thread per (a, c) row."""
-    A, C, B = x3.shape
+def _dot_sums_rows(u3, cu, v3, cv):
+    """The two sums for (A, C, B) arrays with B > 1: one thread per (a, c) row."""
+    A, C, B = u3.shape
     s1 = np.zeros((A, C))
     s2 = np.zeros((A, C))
     for r in nb.prange(A * C):
         a, c = r // C, r % C
-        sh = shift[c]
         t1 = 0.0
         t2 = 0.0
         for b in range(B):
-            d = np.float64(x3[a, c, b] - sh)
+            d = np.float64(u3[a, c, b] - cu[c])
             t1 += d
-            t2 += d * d
+            t2 += d * np.float64(v3[a, c, b] - cv[c])
         s1[a, c] = t1
         s2[a, c] = t2
     return s1.sum(axis=0), s2.sum(axis=0)               # (C,), (C,)
@@ -59,78 +66,31 @@ _BLOCK = 64
 
 
 @nb.njit(**_JIT)
-def _sums_cols(x2, shift, nchunk):
-    """Same for x2 (M, C) (channels-last): threads take chunks of rows, C is the inner loop."""
-    M, C = x2.shape
+def _dot_sums_cols(u2, cu, v2, cv, nchunk):
+    """The two sums for (M, C) arrays (channels-last): threads take chunks of rows, C is the inner loop."""
+    M, C = u2.shape
     p1 = np.zeros((nchunk, C))
     p2 = np.zeros((nchunk, C))
     for k in nb.prange(nchunk):
         t1 = np.zeros(C)                                 # thread-local: no aliasing, vectorises
         t2 = np.zeros(C)
-        b1 = np.empty(C, x2.dtype)
-        b2 = np.empty(C, x2.dtype)
+        b1 = np.empty(C, u2.dtype)
+        b2 = np.empty(C, u2.dtype)
         lo, hi = k * M // nchunk, (k + 1) * M // nchunk
         for i0 in range(lo, hi, _BLOCK):
             b1[:] = 0
             b2[:] = 0
             for i in range(i0, min(i0 + _BLOCK, hi)):
                 for c in range(C):
-                    d = x2[i, c] - shift[c]
+                    d = u2[i, c] - cu[c]
                     b1[c] += d
-                    b2[c] += d * d
+                    b2[c] += d * (v2[i, c] - cv[c])
             for c in range(C):
                 t1[c] += b1[c]
                 t2[c] += b2[c]
         p1[k] = t1
         p2[k] = t2
     return p1.sum(axis=0), p2.sum(axis=0)               # (C,), (C,)
-
-
-@nb.njit(**_JIT)
-def _bwd_sums_rows(dy3, x3, mean):
-    """(sum dy, sum dy*(x - mean)) per channel, x3 (A, C, B) with B > 1."""
-    A, C, B = x3.shape
-    s1 = np.zeros((A, C))
-    s2 = np.zeros((A, C))
-    for r in nb.prange(A * C):
-        a, c = r // C, r % C
-        mu = mean[c]
-        t1 = 0.0
-        t2 = 0.0
-        for b in range(B):
-            g = np.float64(dy3[a, c, b])
-            t1 += g
-            t2 += g * np.float64(x3[a, c, b] - mu)
-        s1[a, c] = t1
-        s2[a, c] = t2
-    return s1.sum(axis=0), s2.sum(axis=0)
-
-
-@nb.njit(**_JIT)
-def _bwd_sums_cols(dy2, x2, mean, nchunk):
-    M, C = x2.shape
-    p1 = np.zeros((nchunk, C))
-    p2 = np.zeros((nchunk, C))
-    for k in nb.prange(nchunk):
-        t1 = np.zeros(C)
-        t2 = np.zeros(C)
-        b1 = np.empty(C, x2.dtype)
-        b2 = np.empty(C, x2.dtype)
-        lo, hi = k * M // nchunk, (k + 1) * M // nchunk
-        for i0 in range(lo, hi, _BLOCK):
-            b1[:] = 0
-            b2[:] = 0
-            for i in range(i0, min(i0 + _BLOCK, hi)):
-                for c in range(C):
-                    g = dy2[i, c]
-                    b1[c] += g
-                    b2[c] += g * (x2[i, c] - mean[c])
-            for c in range(C):
-                t1[c] += b1[c]
-                t2[c] += b2[c]
-        p1[k] = t1
-        p2[k] = t2
-    return p1.sum(axis=0), p2.sum(axis=0)
 
 
 # ---------------------------------------------------------------- elementwise passes
@@ -178,119 +138,111 @@ def _dx_cols(dy2, x2, mean, inv_std, k, dg, db, out, nchunk):
                 out[i, c] = k[c] * (dy2[i, c] - db[c] - (x2[i, c] - mean[c]) * inv_std[c] * dg[c])
 
 
-# ---------------------------------------------------------------- serial twins for small inputs
-# The same functions compiled without threads: below SMALL elements, waking a thread pool
-# costs more than the work itself (prange runs as a plain range here).
-_SERIAL = dict(_JIT, parallel=False)
-_serial = {f.__name__: nb.njit(**_SERIAL)(f.py_func)
-           for f in (_sums_rows, _sums_cols, _bwd_sums_rows, _bwd_sums_cols,
-                     _affine_rows, _affine_cols, _dx_rows, _dx_cols)}
+# The same kernels without threads (prange runs as a plain range), for inputs below SMALL.
+(_dot_sums_rows_1, _dot_sums_cols_1, _affine_rows_1, _affine_cols_1, _dx_rows_1, _dx_cols_1) = (
+    nb.njit(**_SERIAL)(f.py_func)
+    for f in (_dot_sums_rows, _dot_sums_cols, _affine_rows, _affine_cols, _dx_rows, _dx_cols))
+
+
+# ---------------------------------------------------------------- per-channel coefficients
+
+@nb.njit(**_SERIAL)
+def _forward_coefficients(x3, s1, s2, shift, gamma, beta, eps):
+    """From the sums of d = x - shift: mean, var, inv_std (x's dtype), and the normalise pass's
+    scale and offset, y = (x - shift) * scale + offset (exact for x near the data)."""
+    m = x3.size // x3.shape[1]
+    d_mean = s1 / m                                              # mean - shift
+    var = np.maximum(s2 / m - d_mean * d_mean, 0.0)              # biased
+    inv_std = 1.0 / np.sqrt(var + eps)
+    scale = gamma * inv_std
+    dt = x3.dtype
+    return ((shift + d_mean).astype(dt), var.astype(dt), inv_std.astype(dt),
+            scale.astype(dt), (beta - d_mean * scale).astype(dt))
 
 
 @nb.njit(**_SERIAL)
-def _forward_small(x3, gamma, beta, eps):
-    """The whole training forward in one call, for small inputs (no per-step Python overhead).
+def _backward_coefficients(x3, dbeta, s, inv_std, gamma):
+    """dgamma and the dx pass's coefficients: dx = k * (dy - dbeta/m - x_hat * dgamma/m)."""
+    m = x3.size // x3.shape[1]
+    dgamma = s * inv_std                                         # sum(dy * x_hat)
+    dt = x3.dtype
+    return (dgamma.astype(dt), dbeta.astype(dt), (gamma * inv_std).astype(dt),
+            (dgamma / m).astype(dt), (dbeta / m).astype(dt))
 
-    The channel loop is innermost: contiguous for channels-last and (N, C) inputs (B == 1),
-    and small inputs fit in cache whatever the stride.
-    """
+
+# ---------------------------------------------------------------- small inputs: one call each
+# The whole pass in one compiled call: below SMALL elements, Python overhead would dominate.
+
+@nb.njit(**_SERIAL)
+def _forward_small(x3, gamma, beta, eps):
     A, C, B = x3.shape
-    m = A * B
     shift = x3[0, :, 0].copy()
-    s1 = np.zeros(C)
-    s2 = np.zeros(C)
-    for a in range(A):
-        for b in range(B):
-            for c in range(C):
-                d = np.float64(x3[a, c, b] - shift[c])
-                s1[c] += d
-                s2[c] += d * d
-    d_mean = s1 / m
-    var = np.maximum(s2 / m - d_mean * d_mean, 0.0)
-    inv_std = 1.0 / np.sqrt(var + eps)
-    scale = (gamma * inv_std).astype(x3.dtype)
-    offset = (beta - d_mean * gamma * inv_std).astype(x3.dtype)
+    if B > 1:
+        s1, s2 = _dot_sums_rows_1(x3, shift, x3, shift)
+    else:
+        s1, s2 = _dot_sums_cols_1(x3.reshape(A, C), shift, x3.reshape(A, C), shift, 1)
+    mean, var, inv_std, scale, offset = _forward_coefficients(x3, s1, s2, shift, gamma, beta, eps)
     y3 = np.empty_like(x3)
-    for a in range(A):
-        for b in range(B):
-            for c in range(C):
-                y3[a, c, b] = (x3[a, c, b] - shift[c]) * scale[c] + offset[c]
-    return y3, (shift + d_mean).astype(x3.dtype), var.astype(x3.dtype), inv_std.astype(x3.dtype)
+    if B > 1:
+        _affine_rows_1(x3, shift, scale, offset, y3)
+    else:
+        _affine_cols_1(x3.reshape(A, C), shift, scale, offset, y3.reshape(A, C), 1)
+    return y3, mean, var, inv_std
 
 
 @nb.njit(**_SERIAL)
 def _backward_small(dy3, x3, mean, inv_std, gamma):
-    """The whole backward in one call, for small inputs."""
     A, C, B = x3.shape
-    m = A * B
-    dbeta = np.zeros(C)
-    s = np.zeros(C)
-    for a in range(A):
-        for b in range(B):
-            for c in range(C):
-                g = np.float64(dy3[a, c, b])
-                dbeta[c] += g
-                s[c] += g * np.float64(x3[a, c, b] - mean[c])
-    dgamma = s * inv_std
-    k = (gamma * inv_std).astype(x3.dtype)
-    dg = (dgamma / m).astype(x3.dtype)
-    db = (dbeta / m).astype(x3.dtype)
+    zero = np.zeros(C, x3.dtype)
+    if B > 1:
+        dbeta, s = _dot_sums_rows_1(dy3, zero, x3, mean)
+    else:
+        dbeta, s = _dot_sums_cols_1(dy3.reshape(A, C), zero, x3.reshape(A, C), mean, 1)
+    dgamma, dbeta, k, dg, db = _backward_coefficients(x3, dbeta, s, inv_std, gamma)
     dx3 = np.empty_like(x3)
-    for a in range(A):
-        for b in range(B):
-            for c in range(C):
-                dx3[a, c, b] = k[c] * (dy3[a, c, b] - db[c] - (x3[a, c, b] - mean[c]) * inv_std[c] * dg[c])
-    return dx3, dgamma.astype(x3.dtype), dbeta.astype(x3.dtype)
-
-
-def _k(f, n):
-    """The threaded kernel ``f``, or its serial twin when ``n`` elements are too few for threads."""
-    return _serial[f.__name__] if n < SMALL else f
+    if B > 1:
+        _dx_rows_1(dy3, x3, mean, inv_std, k, dg, db, dx3)
+    else:
+        _dx_cols_1(dy3.reshape(A, C), x3.reshape(A, C), mean, inv_std, k, dg, db, dx3.reshape(A, C), 1)
+    return dx3, dgamma, dbeta
 
 
 # ---------------------------------------------------------------- the kernel API
 
-def _sums(x3, shift):
-    A, C, B = x3.shape
-    if B == 1:
-        return _k(_sums_cols, x3.size)(x3.reshape(A, C), shift, _chunks(A))
-    return _k(_sums_rows, x3.size)(x3, shift)
+def _dot_sums(u3, cu, v3, cv):
+    A, C, B = u3.shape
+    if u3.size < SMALL:
+        kernels = (_dot_sums_rows_1, _dot_sums_cols_1)
+    else:
+        kernels = (_dot_sums_rows, _dot_sums_cols)
+    if B > 1:
+        return kernels[0](u3, cu, v3, cv)
+    return kernels[1](u3.reshape(A, C), cu, v3.reshape(A, C), cv, _chunks(A))
 
 
 def bn_stats(x3):
-    """Biased per-channel mean and variance of ``x3`` (A, C, B); returns ``(mean, var, shift, d_mean)``."""
-    A, C, B = x3.shape
-    m = A * B
+    """Per-channel mean and biased variance of ``x3`` (A, C, B), in x's dtype."""
+    C = x3.shape[1]
     shift = x3[0, :, 0].copy()                                   # (C,): one sample per channel
-    s1, s2 = _sums(x3, shift)                                    # float64 (C,)
-    d_mean = s1 / m                                              # mean - shift
-    var = np.maximum(s2 / m - d_mean * d_mean, 0.0)
-    return (shift + d_mean).astype(x3.dtype), var.astype(x3.dtype), shift, d_mean
-
-
-def _affine(x3, center, scale, offset):
-    A, C, B = x3.shape
-    out = np.empty_like(x3)
-    dt = x3.dtype
-    args = (center.astype(dt), scale.astype(dt), offset.astype(dt))
-    if B == 1:
-        _k(_affine_cols, x3.size)(x3.reshape(A, C), *args, out.reshape(A, C), _chunks(A))
-    else:
-        _k(_affine_rows, x3.size)(x3, *args, out)
-    return out
+    s1, s2 = _dot_sums(x3, shift, x3, shift)
+    one = np.ones(C, x3.dtype)
+    return _forward_coefficients(x3, s1, s2, shift, one, one, 1.0)[:2]
 
 
 def bn_forward_train(x3, gamma, beta, eps):
     """Training-mode forward; returns ``(y3, mean, var, inv_std)`` like ``numpy_bn``."""
     if x3.size < SMALL:
         return _forward_small(x3, gamma, beta, eps)
-    mean, var, shift, d_mean = bn_stats(x3)
-    var64 = var.astype(np.float64)
-    inv_std = 1.0 / np.sqrt(var64 + eps)
-    scale = gamma * inv_std
-    # (x - shift) is exact for x near the data, so the mean never cancels against large x.
-    y3 = _affine(x3, shift, scale, beta - d_mean * scale)
-    return y3, mean, var, inv_std.astype(x3.dtype)
+    A, C, B = x3.shape
+    shift = x3[0, :, 0].copy()
+    s1, s2 = _dot_sums(x3, shift, x3, shift)
+    mean, var, inv_std, scale, offset = _forward_coefficients(x3, s1, s2, shift, gamma, beta, eps)
+    y3 = np.empty_like(x3)
+    if B > 1:
+        _affine_rows(x3, shift, scale, offset, y3)
+    else:
+        _affine_cols(x3.reshape(A, C), shift, scale, offset, y3.reshape(A, C), _chunks(A))
+    return y3, mean, var, inv_std
 
 
 def bn_backward(dy3, x3, mean, inv_std, gamma):
@@ -298,25 +250,26 @@ def bn_backward(dy3, x3, mean, inv_std, gamma):
     if x3.size < SMALL:
         return _backward_small(dy3, x3, mean, inv_std, gamma)
     A, C, B = x3.shape
-    m = A * B
-    dt = x3.dtype
-    if B == 1:
-        dbeta, s = _k(_bwd_sums_cols, x3.size)(dy3.reshape(A, C), x3.reshape(A, C), mean, _chunks(A))
-    else:
-        dbeta, s = _k(_bwd_sums_rows, x3.size)(dy3, x3, mean)
-    inv = inv_std.astype(np.float64)
-    dgamma = s * inv                                             # sum(dy * x_hat)
-    k = gamma.astype(np.float64) * inv                           # dx = k * (dy - dbeta/m - x_hat * dgamma/m)
+    dbeta, s = _dot_sums(dy3, np.zeros(C, x3.dtype), x3, mean)  # sum(dy), sum(dy * (x - mean))
+    dgamma, dbeta, k, dg, db = _backward_coefficients(x3, dbeta, s, inv_std, gamma)
     dx3 = np.empty_like(x3)
-    args = (mean, inv_std.astype(dt), k.astype(dt), (dgamma / m).astype(dt), (dbeta / m).astype(dt))
-    if B == 1:
-        _k(_dx_cols, x3.size)(dy3.reshape(A, C), x3.reshape(A, C), *args, dx3.reshape(A, C), _chunks(A))
+    if B > 1:
+        _dx_rows(dy3, x3, mean, inv_std, k, dg, db, dx3)
     else:
-        _k(_dx_rows, x3.size)(dy3, x3, *args, dx3)
-    return dx3, dgamma.astype(dt), dbeta.astype(dt)
+        _dx_cols(dy3.reshape(A, C), x3.reshape(A, C), mean, inv_std, k, dg, db, dx3.reshape(A, C), _chunks(A))
+    return dx3, dgamma, dbeta
 
 
 def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
     """Inference-mode forward: ``(x - running_mean) * gamma / sqrt(running_var + eps) + beta``."""
-    scale = gamma / np.sqrt(running_var.astype(np.float64) + eps)
-    return _affine(x3, running_mean, scale, beta.astype(np.float64))
+    A, C, B = x3.shape
+    dt = x3.dtype
+    scale = (gamma / np.sqrt(running_var.astype(np.float64) + eps)).astype(dt)
+    center, offset = running_mean.astype(dt), beta.astype(dt)
+    y3 = np.empty_like(x3)
+    if B > 1:
+        (_affine_rows_1 if x3.size < SMALL else _affine_rows)(x3, center, scale, offset, y3)
+    else:
+        (_affine_cols_1 if x3.size < SMALL else _affine_cols)(
+            x3.reshape(A, C), center, scale, offset, y3.reshape(A, C), _chunks(A))
+    return y3
