@@ -8,13 +8,15 @@ The repository root is the course root:
 - ``submitted/``, ``autograded/``, ``feedback/``, ``gradebook.db``: created by the grading
   commands, never committed.
 
-See ``book/instructor_guide.md`` for the whole workflow.
+Autograding runs each submission's code in a bubblewrap sandbox and decides every test
+cell outside it (``bnref/grading/nbgrader_ext.py``). See ``book/instructor_guide.md``.
 """
 from nbconvert.preprocessors import ClearMetadataPreprocessor
-from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern,
-                                    LimitOutput, SaveAutoGrades)
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearOutput,
+                                    DeduplicateIds, LimitOutput, OverwriteCells,
+                                    OverwriteKernelspec, SaveAutoGrades)
 
-from bnref.grading.nbgrader_ext import RobustExecute
+from bnref.grading.nbgrader_ext import RestoreTestCells, SandboxedGrading
 
 c = get_config()  # noqa: F821  (injected by nbgrader)
 
@@ -27,25 +29,39 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedb
 # Instructions shown at the top of every student notebook.
 c.IncludeHeaderFooter.header = "solutions/header.ipynb"
 
-# Autograding runs every cell of a submission.
-# - A cell that runs longer than this (an infinite loop) is interrupted and marked as an
-#   error; grading goes on with the next cell.
-c.Execute.timeout = 60
-c.Execute.interrupt_on_timeout = True
-# - A cell that kills the kernel (os._exit, a segfault, out of memory) is marked as an error,
-#   a fresh kernel replays the cells before it and grading goes on (RobustExecute); stock
-#   nbgrader would drop the whole submission instead.
+# Autograding, step 1 (sanitising the submission): every cell's nbgrader metadata comes from
+# the gradebook (a learner's cell cannot pose as a graded one), test cells that were deleted
+# are put back, and edited test cells get the gradebook's source again (OverwriteCells).
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput,
+    RestoreTestCells,
+    DeduplicateIds,
+    OverwriteKernelspec,
+    OverwriteCells,
+    CheckCellMetadata,
+]
+# Step 2 (grading): SandboxedGrading replaces nbgrader's Execute. The learner's cells run in
+# a sandbox that hands back only what their functions return; the verdict of every test
+# cell is computed outside it and written as that cell's only output, which SaveAutoGrades
+# turns into points.
 c.Autograde.autograde_preprocessors = [
-    RobustExecute,
-    IgnorePattern,
+    SandboxedGrading,
     ClearMetadataPreprocessor,
     LimitOutput,
     SaveAutoGrades,
     AssignLatePenalties,
     CheckCellMetadata,
 ]
-# - Test cells that a student deleted are put back from the source notebook.
-c.OverwriteCells.add_missing_cells = True
+# The sandbox's limits (these are the defaults). A check whose calls of the learner's
+# functions take longer than call_timeout fails, and that function's later checks fail at
+# once; a learner cell that runs longer than cell_timeout is stopped and left out.
+c.SandboxedGrading.call_timeout = 10
+c.SandboxedGrading.cell_timeout = 30
+c.SandboxedGrading.memory_mb = 2048
+# Sandboxes graded at once; 0 = one per CPU core. Where no sandbox can be made (not Linux,
+# no bubblewrap, no user namespaces) autograde refuses; for submissions you trust only:
+# c.SandboxedGrading.sandbox = "none"
+c.SandboxedGrading.jobs = 0
 
 # Long outputs (a print in a loop) are cut, so feedback stays readable.
 c.LimitOutput.max_lines = 200

@@ -1,16 +1,18 @@
 """bnref.grading: each check passes the right answer, fails each known mistake with its message.
 
 The learner's functions are written here as source text, as a learner would type them, and
-run through the real checks (kernel side in this process, the verdict from the judge process).
-Every expectation says which cases pass, so partial credit is pinned down per mistake.
+run through the real checks in this process (the path of the visible test cells; the
+sandboxed path gives the same verdicts: ``test_grading_sandbox.py``). Every expectation
+says which cases pass, so partial credit is pinned down per mistake.
 """
+import re
 import textwrap
 
 import numpy as np
 import pytest
 
-from bnref.grading import _cases
-from bnref.grading._kernel import GradingError, run_check
+from bnref.grading.exercise import LocalExecutor, evaluate
+from bnref.grading.exercises import EXERCISES
 
 
 def define(src, **extra):
@@ -21,12 +23,12 @@ def define(src, **extra):
 
 
 def outcome(check, funcs, case):
-    """``"pass"`` or the failure message."""
-    try:
-        run_check(check, funcs, case)
-        return "pass"
-    except GradingError as e:
-        return str(e)
+    """``"pass"`` or the failure message (a pass with a note counts as a pass)."""
+    ex = EXERCISES[check]
+    names = {role: f"{role}_{i}" for i, role in enumerate(ex.functions)}
+    namespace = {names[role]: f for role, f in zip(ex.functions, funcs)}
+    verdict = evaluate(ex, case, names, LocalExecutor(namespace))
+    return "pass" if verdict.passed else verdict.message
 
 
 def assert_outcomes(check, funcs, expected):
@@ -198,16 +200,16 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
     return gamma * x_hat + beta, (x_hat, inv_std, gamma)
 """)["batchnorm_forward"]
 BWD = """
-def batchnorm_backward(dout, cache):
+def batchnorm_backward(dy, cache):
     x_hat, inv_std, gamma = cache
-    N = dout.shape[0]
+    N = dy.shape[0]
     dbeta = {dbeta}
     dgamma = {dgamma}
-    dx_hat = dout * gamma
+    dx_hat = dy * gamma
     dx = {dx}
     return dx, dgamma, dbeta
 """
-BWD_OK = dict(dbeta="dout.sum(axis=0)", dgamma="(dout * x_hat).sum(axis=0)",
+BWD_OK = dict(dbeta="dy.sum(axis=0)", dgamma="(dy * x_hat).sum(axis=0)",
               dx="inv_std * (dx_hat - dx_hat.mean(axis=0) - x_hat * (dx_hat * x_hat).mean(axis=0))")
 
 
@@ -223,9 +225,9 @@ def bwd(**change):
      dict(dgamma_dbeta="pass", dx="through the batch variance")),
     ("mean and variance treated as constants", dict(dx="inv_std * dx_hat"),
      dict(dgamma_dbeta="pass", dx="constants")),
-    ("dgamma and dbeta not summed", dict(dbeta="dout", dgamma="dout * x_hat"),
+    ("dgamma and dbeta not summed", dict(dbeta="dy", dgamma="dy * x_hat"),
      dict(dgamma_dbeta="not summed over the batch", dx="pass", shapes="not summed")),
-    ("dgamma without x_hat", dict(dgamma="dout.sum(axis=0)"),
+    ("dgamma without x_hat", dict(dgamma="dy.sum(axis=0)"),
      dict(dgamma_dbeta="missing the factor x_hat", dx="pass")),
 ])
 def test_batchnorm_backward_mistakes(name, change, expected):
@@ -275,24 +277,24 @@ def test_spatial_forward_mistakes(body, expected):
 
 
 SP_BWD = """
-def spatial_batchnorm_backward(dout, cache):
+def spatial_batchnorm_backward(dy, cache):
     x_hat, var, gamma, eps = cache
-    N, C, H, W = dout.shape
+    N, C, H, W = dy.shape
     m = N * H * W
     inv_std = 1 / np.sqrt(var + eps)
     dbeta = {dbeta}
     dgamma = {dgamma}
     g = gamma.reshape(1, C, 1, 1) * inv_std
-    dx = g / m * (m * dout - dout.sum(axis=(0, 2, 3), keepdims=True)
-                  - x_hat * (dout * x_hat).sum(axis=(0, 2, 3), keepdims=True))
+    dx = g / m * (m * dy - dy.sum(axis=(0, 2, 3), keepdims=True)
+                  - x_hat * (dy * x_hat).sum(axis=(0, 2, 3), keepdims=True))
     return dx, dgamma, dbeta
 """
 
 
 @pytest.mark.parametrize("dbeta, dgamma, expected", [
-    ("dout.sum(axis=(0, 2, 3))", "(dout * x_hat).sum(axis=(0, 2, 3))",
+    ("dy.sum(axis=(0, 2, 3))", "(dy * x_hat).sum(axis=(0, 2, 3))",
      dict(dgamma_dbeta="pass", dx="pass", shapes="pass")),
-    ("dout.sum(axis=0)", "(dout * x_hat).sum(axis=0)",
+    ("dy.sum(axis=0)", "(dy * x_hat).sum(axis=0)",
      dict(dgamma_dbeta="summed over the batch only", dx="pass", shapes="summed over the batch only")),
 ])
 def test_spatial_backward_mistakes(dbeta, dgamma, expected):
@@ -324,7 +326,7 @@ FOLD_OK = dict(none="b = np.zeros_like(running_mean) if b is None else b", W_f="
     ("rows scaled", dict(W_f="W * scale[:, None]"),
      dict(W_folded="raised ValueError", b_folded="raised ValueError")),
     ("b None not handled", dict(none="pass"),
-     dict(W_folded="pass", b_folded="pass", no_bias="raised TypeError", shapes="pass")),
+     dict(W_folded="pass", b_folded="pass", no_bias="raised TypeError", shapes="raised TypeError")),
 ])
 def test_fold_mistakes(name, change, expected):
     f = define(FOLD.format(**{**FOLD_OK, **change}))["fold_batchnorm"]
@@ -345,14 +347,14 @@ def layernorm_forward(x, gamma, beta, eps=1e-5):
     x_hat = (x - mean) * inv_std
     return gamma * x_hat + beta, (x_hat, inv_std, gamma)
 
-def layernorm_backward(dout, cache):
+def layernorm_backward(dy, cache):
     x_hat, inv_std, gamma = cache
-    g = dout * gamma
+    g = dy * gamma
     dx = {dx}
     return dx, {dgamma}, {dbeta}
 """
 LN_OK = dict(a=1, dx="inv_std * (g - g.mean(axis=1, keepdims=True) - x_hat * (g * x_hat).mean(axis=1, keepdims=True))",
-             dgamma="(dout * x_hat).sum(axis=0)", dbeta="dout.sum(axis=0)")
+             dgamma="(dy * x_hat).sum(axis=0)", dbeta="dy.sum(axis=0)")
 
 
 def test_layernorm_correct_and_batch_axis():
@@ -365,7 +367,7 @@ def test_layernorm_correct_and_batch_axis():
 
 
 def test_layernorm_backward_mistakes():
-    ns = define(LN.format(**{**LN_OK, "dgamma": "(dout * x_hat).sum(axis=1)", "dbeta": "dout.sum(axis=1)",
+    ns = define(LN.format(**{**LN_OK, "dgamma": "(dy * x_hat).sum(axis=1)", "dbeta": "dy.sum(axis=1)",
                              "dx": "inv_std * (g - x_hat * (g * x_hat).mean(axis=1, keepdims=True))"}))
     assert_outcomes("layernorm_backward", (ns["layernorm_forward"], ns["layernorm_backward"]),
                     dict(dgamma_dbeta="summed over the features", dx="each row's mean"))
@@ -400,31 +402,32 @@ WRONG = {
     "running_stats_update": lambda: (run(var="x.var(axis=0)", **RUN_FLIP),),
     "batchnorm_inference": lambda: (define(INF.format(
         body="gamma * (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0)) + beta"))["batchnorm_inference"],),
-    "batchnorm_backward": lambda: (FWD_CACHE, bwd(dbeta="dout", dgamma="dout", dx="dout")),
+    "batchnorm_backward": lambda: (FWD_CACHE, bwd(dbeta="dy", dgamma="dy", dx="dy")),
     "spatial_batchnorm_forward": lambda: (define(SP_FWD.format(body=SP_RESHAPE_BUG))["spatial_batchnorm_forward"],),
     "spatial_batchnorm_backward": lambda: (define(SP_FWD.format(body=SP_OK))["spatial_batchnorm_forward"],
-                                           define("def spatial_batchnorm_backward(dout, cache):\n"
-                                                  "    return dout, dout.sum(axis=0), dout.sum(axis=0)\n")
+                                           define("def spatial_batchnorm_backward(dy, cache):\n"
+                                                  "    return dy, dy.sum(axis=0), dy.sum(axis=0)\n")
                                            ["spatial_batchnorm_backward"]),
     "fold_batchnorm": lambda: (define(FOLD.format(**{**FOLD_OK, "W_f": "W", "b_f": "b"}))["fold_batchnorm"],),
     "layernorm_forward": lambda: (define(LN.format(**{**LN_OK, "a": 0}))["layernorm_forward"],),
     "layernorm_backward": lambda: (define(LN.format(**LN_OK))["layernorm_forward"],
-                                   define(LN.format(**{**LN_OK, "dx": "g", "dgamma": "dout", "dbeta": "dout"}))
+                                   define(LN.format(**{**LN_OK, "dx": "g", "dgamma": "dy", "dbeta": "dy"}))
                                    ["layernorm_backward"]),
     "groupnorm_forward": lambda: (define(GN.format(shape="N, C // G, G, H, W", axes="(1, 3, 4)"))
                                   ["groupnorm_forward"],),
 }
 
 
-@pytest.mark.parametrize("check, case", [(c, k) for c in _cases.CASES for k in _cases.CASES[c]])
+@pytest.mark.parametrize("check, case", [(c, k) for c in EXERCISES for k in EXERCISES[c].cases])
 def test_every_case_fails_a_wrong_answer(check, case):
     """No test that cannot fail: a wrong implementation fails every case of every check."""
     assert outcome(check, WRONG[check](), case) != "pass"
 
 
-def test_implemented_case_fails_the_release_stub():
-    f = define("def batchnorm_forward(x, gamma, beta, eps=1e-5):\n    raise NotImplementedError()\n")
-    assert "not implemented yet" in outcome("batchnorm_forward", (f["batchnorm_forward"],), "implemented")
+@pytest.mark.parametrize("check, case", [(c, k) for c in EXERCISES for k in EXERCISES[c].cases])
+def test_every_case_fails_the_release_stub(check, case):
+    stub = lambda *args, **kwargs: (_ for _ in ()).throw(NotImplementedError())   # noqa: E731
+    assert "not implemented yet" in outcome(check, (stub,) * len(EXERCISES[check].functions), case)
 
 
 def test_an_exception_on_a_later_hidden_input_is_reported():
@@ -437,3 +440,119 @@ def test_an_exception_on_a_later_hidden_input_is_reported():
     """)["batchnorm_forward"]
     msg = outcome("batchnorm_forward", (f,), "shapes")
     assert "raised ZeroDivisionError: tiny batch" in msg
+
+
+# ---------------------------------------------------------------- diagnoses added after trying as learners
+def test_one_pass_variance_fails_only_the_large_mean_case_and_says_why():
+    f = define("""
+    def batchnorm_forward(x, gamma, beta, eps=1e-5):
+        mean = x.mean(axis=0)
+        var = (x ** 2).mean(axis=0) - mean ** 2          # E[x^2] - E[x]^2
+        return gamma * (x - mean) / np.sqrt(var + eps) + beta, None
+    """)["batchnorm_forward"]
+    assert_outcomes("batchnorm_forward", (f,), dict(normalise="pass", scale_shift="pass", eps="pass",
+                                                    large_mean="E[x**2] - E[x]**2"))
+
+
+@pytest.mark.parametrize("check, src, arg", [
+    ("batchnorm_forward", """
+    def batchnorm_forward(x, gamma, beta, eps=1e-5):
+        x -= x.mean(axis=0)
+        return gamma * x / np.sqrt((x ** 2).mean(axis=0) + eps) + beta, None
+    """, "x"),
+    ("batchnorm_forward", """
+    def batchnorm_forward(x, gamma, beta, eps=1e-5):
+        x_hat = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + eps)
+        gamma.shape = (1, -1)                            # reshapes the caller's array
+        return gamma * x_hat + beta, None
+    """, "gamma"),
+    ("fold_batchnorm", """
+    def fold_batchnorm(W, b, gamma, beta, running_mean, running_var, eps=1e-5):
+        scale = gamma / np.sqrt(running_var + eps)
+        W *= scale
+        b = np.zeros_like(running_mean) if b is None else b
+        return W, (b - running_mean) * scale + beta
+    """, "W"),
+    ("batchnorm_inference", """
+    def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):
+        running_mean[:] = 0.9 * running_mean + 0.1 * x.mean(axis=0)
+        return gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta
+    """, "running_mean"),
+])
+def test_changing_an_input_in_place_is_named(check, src, arg):
+    f = define(src)
+    msg = outcome(check, (f[check],), next(iter(EXERCISES[check].cases)))
+    assert f"changed its argument {arg} in place" in msg
+
+
+def test_running_stats_may_be_updated_in_place_as_pytorch_does():
+    f = define("""
+    def running_stats_update(running_mean, running_var, x, momentum=0.1):
+        running_mean *= 1 - momentum
+        running_mean += momentum * x.mean(axis=0)
+        running_var *= 1 - momentum
+        running_var += momentum * x.var(axis=0, ddof=1)
+        return running_mean, running_var
+    """)["running_stats_update"]
+    assert_outcomes("running_stats_update", (f,), dict(momentum="pass", two_steps="pass", sequence="pass"))
+
+
+def test_inference_that_updates_the_running_statistics_says_so():
+    f = define("""
+    def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):
+        N = x.shape[0]
+        mean = 0.9 * running_mean + 0.1 * x.mean(axis=0)
+        var = 0.9 * running_var + 0.1 * x.var(axis=0) * N / (N - 1)
+        return gamma * (x - mean) / np.sqrt(var + eps) + beta
+    """)["batchnorm_inference"]
+    assert "running statistics are updated with this batch" in outcome("batchnorm_inference", (f,), "running_stats")
+
+
+def test_fold_without_bias_in_float32_names_the_bias_dtype():
+    f = define(FOLD.format(**{**FOLD_OK, "none": "b = np.zeros(running_mean.shape) if b is None else b"}))
+    msg = outcome("fold_batchnorm", (f["fold_batchnorm"],), "float32_no_bias")
+    assert "b_folded is float64 for float32 input" in msg and "dtype=W.dtype" in msg
+    assert outcome("fold_batchnorm", (f["fold_batchnorm"],), "no_bias") == "pass"
+
+
+def test_float64_output_is_reported_by_a_visible_case():
+    f = fwd(out="gamma * x_hat + beta + np.zeros(x.shape)")
+    assert not EXERCISES["batchnorm_forward"].cases["float32_dtype"].hidden
+    assert "out is float64 for float32 input" in outcome("batchnorm_forward", (f,), "float32_dtype")
+
+
+def test_groupnorm_with_G_and_group_size_swapped_fails_every_case():
+    f = define(GN.format(shape="N, C // G, G, H, W", axes="(2, 3, 4)"))["groupnorm_forward"]
+    assert_outcomes("groupnorm_forward", (f,), dict(groups="G and C // G are swapped", exact="swapped",
+                                                    one_example="swapped", shapes="swapped"))
+
+
+def test_every_groupnorm_trial_has_G_different_from_the_group_size():
+    from bnref.grading.exercise import _rng_factory
+    for case in EXERCISES["groupnorm_forward"].cases.values():
+        for t in case.build(_rng_factory(1)):
+            C = t["x"].shape[1]
+            assert t["G"] != C // t["G"] or C == 1, (case.name, C, t["G"])
+
+
+def test_a_tiny_difference_is_printed_with_enough_digits_to_see_it():
+    f = define("""
+    def batchnorm_forward(x, gamma, beta, eps=1e-5):
+        out = gamma * (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + eps) + beta
+        out[0, 0] *= 1 + 2e-6                      # an in-place slip in the last digits
+        return out, None
+    """)["batchnorm_forward"]
+    msg = outcome("batchnorm_forward", (f,), "exact")
+    expected, got = re.search(r"expected (\S+), got (\S+)\)", msg).groups()
+    assert expected != got, msg
+
+
+def test_returning_a_list_passes_with_a_note():
+    f = define("""
+    def batchnorm_forward(x, gamma, beta, eps=1e-5):
+        out = gamma * (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + eps) + beta
+        return out.tolist(), None
+    """)["batchnorm_forward"]
+    ex = EXERCISES["batchnorm_forward"]
+    v = evaluate(ex, "normalise", {"batchnorm_forward": "f"}, LocalExecutor({"f": f}))
+    assert v.passed and "out is a list; return a NumPy array" in v.message
