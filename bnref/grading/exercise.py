@@ -444,7 +444,8 @@ def _describe_inputs(t):
         if k in t:
             a = t[k]
             if k == "xs":
-                return f"{a.shape[0]} batches of shape {tuple(a.shape[1:])}, {a.dtype}"
+                n = a.shape[0]
+                return f"{n} batch{'es' if n > 1 else ''} of shape {tuple(a.shape[1:])}, {a.dtype}"
             extra = "".join(f", {p}={t[p]}" for p in ("G", "eps", "momentum") if p in t)
             if k == "W" and t.get("b") is None:
                 extra += ", b=None"

@@ -100,21 +100,27 @@ def _key(cells, tests, config):
 
 # ---------------------------------------------------------------- sanitising
 class RestoreTestCells(NbGraderPreprocessor):
-    """Give every cell the nbgrader metadata the gradebook has for it; put back missing test cells."""
+    """Give every cell the nbgrader metadata the gradebook has for it; put back missing test cells.
+
+    Runs before nbgrader's DeduplicateIds, OverwriteCells and CheckCellMetadata, which then
+    find only well-formed metadata: a malformed or duplicated cell in one submission would
+    otherwise stop the whole autograde run (nbgrader 0.9.6 raises SchemaTooOldError).
+    """
 
     def preprocess(self, nb, resources):
         spec = _Spec(resources["nbgrader"]["db_url"], resources["nbgrader"]["notebook"],
                      resources["nbgrader"]["assignment"])
         seen = set()
-        for cell in nb.cells:
+        # from the end, as nbgrader's DeduplicateIds does: a grade id's last cell keeps it. The
+        # others lose their nbgrader metadata entirely (DeduplicateIds would leave an empty
+        # dict, which CheckCellMetadata rejects, aborting the whole autograde run).
+        for cell in reversed(nb.cells):
             gid = _grade_id(cell)
             if "nbgrader" in cell.get("metadata", {}):
                 del cell.metadata["nbgrader"]
-            if gid in spec.sources:
-                cell.metadata["nbgrader"] = spec.metadata(gid)
-                seen.add(gid)
-                if gid in spec.tests and cell.cell_type != "code":
-                    cell.cell_type, cell.outputs, cell.execution_count = "code", [], None
+            if gid in spec.sources and gid not in seen:
+                cell.metadata["nbgrader"] = NotebookNode(spec.metadata(gid))
+                seen.add(gid)          # a changed cell type is put back by OverwriteCells
         missing = [g for g in spec.order if g in spec.points and g not in seen]
         if missing:
             overwrite = OverwriteCells(parent=self)
@@ -123,8 +129,9 @@ class RestoreTestCells(NbGraderPreprocessor):
                 kind, source, locked, checksum = spec.sources[gid]
                 src = type("SourceCell", (), {"name": gid, "cell_type": kind, "source": source,
                                               "locked": locked, "checksum": checksum})
-                cell = overwrite.missing_cell_transform(src, spec.points[gid], is_solution=gid in spec.solutions)
-                cell.metadata["nbgrader"] = spec.metadata(gid)
+                cell = nbformat.from_dict(overwrite.missing_cell_transform(src, spec.points[gid],
+                                                                           is_solution=gid in spec.solutions))
+                cell.metadata["nbgrader"] = NotebookNode(spec.metadata(gid))
                 # after the cell that precedes it in the instructor's notebook, if that is still here
                 prev = spec.order[:spec.order.index(gid)]
                 pos = len(nb.cells)
