@@ -26,6 +26,8 @@ class Attack:
     files: dict = field(default_factory=dict)        # extra files in the submission folder
     tamper: str = ""                                  # a change to the notebook's cells (see the test)
     kind: str = "marks"                               # "marks" (undeserved marks) or "harm" (to others)
+    first: bool = False                               # cells go first (before every test cell), not
+                                                      # after the last solution cell
 
 
 FUNCS = ("batchnorm_forward", "running_stats_update", "batchnorm_inference")
@@ -39,6 +41,11 @@ def each_function(body):
     return "\n".join(f"def {f}({SIGS[f]}):\n    {body}\n" for f in FUNCS)
 
 
+def answers_each(body):
+    """Each solution cell replaced by its function with this one-line body."""
+    return {f: f"def {f}({SIGS[f]}):\n    {body}\n" for f in FUNCS}
+
+
 FAKE_CHECKS = '''
 def _ok(*args, **kwargs):
     print("Passed")
@@ -50,12 +57,10 @@ ATTACKS = {
     "execute_result_then_raise": Attack(
         "a function that shows a number as an execute_result before raising: stock nbgrader "
         "reads it as a partial-credit score",
-        cells=["import sys\n" + each_function("sys.displayhook(100.0); raise ValueError('no')")]),
+        answers=answers_each("import sys; sys.displayhook(1.0); raise ValueError('no')")),
     "display_publish": Attack(
-        "publish a display_data/execute_result message through IPython's shell",
-        cells=["ip = get_ipython()\n"
-               "ip.display_pub.publish({'text/plain': '100'})\n"
-               "ip.displayhook.write_output_prompt()\n" + each_function("return 1.0")]),
+        "publish display data through IPython's shell from inside the functions",
+        answers=answers_each("get_ipython().display_pub.publish({'text/plain': '1.0'}); raise ValueError")),
     "fake_grading_module_finder": Attack(
         "an import-system finder that serves a fake bnref.grading whose checks always pass",
         cells=["import sys, types, importlib.abc, importlib.machinery\n" + FAKE_CHECKS +
@@ -69,7 +74,7 @@ ATTACKS = {
                "        return m\n"
                "    def exec_module(self, module):\n"
                "        pass\n"
-               "sys.meta_path.insert(0, Finder())\n"]),
+               "sys.meta_path.insert(0, Finder())\n"], first=True),
     "bnref_package_written_by_a_cell": Attack(
         "write a bnref/grading package next to the notebook so that the test cells import it",
         cells=["import os\n" + FAKE_CHECKS +
@@ -78,7 +83,7 @@ ATTACKS = {
                "    open(d + '/__init__.py', 'w').write('')\n"
                "src = 'def _ok(*a, **k):\\n    print(\"Passed\")\\n' + ''.join(n + ' = _ok\\n' for n in names)\n"
                "open('bnref/grading/__init__.py', 'w').write(src)\n"
-               "import sys; sys.path.insert(0, os.getcwd())\n"]),
+               "import sys; sys.path.insert(0, os.getcwd())\n"], first=True),
     "bnref_package_shipped_in_the_submission": Attack(
         "ship a fake bnref/grading package in the submission folder, beside the notebook",
         files={"bnref/__init__.py": "",
@@ -86,36 +91,41 @@ ATTACKS = {
                "check_batchnorm_forward = check_running_stats_update = check_batchnorm_inference = _ok\n"}),
     "input_transformer_empties_test_cells": Attack(
         "an IPython input transformer that turns every later cell into `pass`",
-        cells=["get_ipython().input_transformers_cleanup.append(lambda lines: ['pass\\n'])\n"]),
+        cells=["get_ipython().input_transformers_cleanup.append(lambda lines: ['pass\\n'])\n"], first=True),
     "custom_exception_handler": Attack(
         "an IPython exception handler that swallows the test cells' errors",
-        cells=["get_ipython().set_custom_exc((BaseException,), lambda *args, **kwargs: None)\n"]),
+        cells=["get_ipython().set_custom_exc((BaseException,), lambda *args, **kwargs: None)\n"], first=True),
     "run_the_instructors_solutions": Attack(
-        "find solutions/ps1_forward on disk and run its solution cells",
-        cells=["import os, json\n"
-               "for top in ['..', '../..', '../../..', '/', os.path.expanduser('~'), '/work', '/tmp']:\n"
-               "    for root, dirs, files in os.walk(top):\n"
-               "        if root.endswith(os.path.join('solutions', 'ps1_forward')):\n"
-               "            for f in files:\n"
-               "                if f.endswith('.ipynb'):\n"
-               "                    nb = json.load(open(os.path.join(root, f)))\n"
-               "                    for c in nb['cells']:\n"
-               "                        if c.get('metadata', {}).get('nbgrader', {}).get('solution'):\n"
-               "                            exec(''.join(c['source']), globals())\n"]),
+        "find solutions/ps1_forward on disk and run its solution cells (in place of each answer)",
+        answers=dict.fromkeys(FUNCS, "import os, json\n"
+               "def _run_solutions():\n"
+               "    for top in ['..', '../..', '../../..', '/', os.path.expanduser('~'), '/work', '/tmp']:\n"
+               "        for root, dirs, files in os.walk(top):\n"
+               "            if root.endswith(os.path.join('solutions', 'ps1_forward')):\n"
+               "                for f in files:\n"
+               "                    if f.endswith('.ipynb'):\n"
+               "                        nb = json.load(open(os.path.join(root, f)))\n"
+               "                        for c in nb['cells']:\n"
+               "                            if c.get('metadata', {}).get('nbgrader', {}).get('solution'):\n"
+               "                                exec(''.join(c['source']), globals())\n"
+               "                        return\n"
+               "_run_solutions()\n")),
     "bnref_in_a_thread": Attack(
         "import bnref in a thread and use it (watchers only looked at the main thread)",
-        cells=["import threading, numpy as np\n"
+        cells=["import threading\n"
                "box = {}\n"
                "def work():\n"
                "    import bnref\n"
                "    box['bnref'] = bnref\n"
-               "t = threading.Thread(target=work); t.start(); t.join()\n"
-               "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n"
-               "    return box['bnref'].batchnorm_forward(x, gamma, beta, eps)\n"
-               "def running_stats_update(running_mean, running_var, x, momentum=0.1):\n"
-               "    return box['bnref'].running_stats_update(running_mean, running_var, x, momentum, axis=1)\n"
-               "def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):\n"
-               "    return box['bnref'].batchnorm_inference(x, gamma, beta, running_mean, running_var, eps)\n"]),
+               "t = threading.Thread(target=work); t.start(); t.join()\n"], first=True,
+        answers={"batchnorm_forward": "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n"
+                                      "    return box['bnref'].batchnorm_forward(x, gamma, beta, eps)\n",
+                 "running_stats_update": "def running_stats_update(running_mean, running_var, x, momentum=0.1):\n"
+                                         "    return box['bnref'].running_stats_update(running_mean, running_var,"
+                                         " x, momentum, axis=1)\n",
+                 "batchnorm_inference": "def batchnorm_inference(x, gamma, beta, running_mean, running_var, "
+                                        "eps=1e-5):\n    return box['bnref'].batchnorm_inference(x, gamma, beta, "
+                                        "running_mean, running_var, eps)\n"}),
     "bnref_in_a_child_process": Attack(
         "compute the answers with bnref in a child process started before the checks",
         cells=["import subprocess, sys, json, numpy as np\n"
@@ -180,7 +190,8 @@ ATTACKS = {
                "np.allclose = lambda *a, **k: True\n"
                "np.isclose = lambda a, b, *r, **k: np.ones(np.shape(a), bool)\n"
                "np.array_equal = lambda *a, **k: True\n"
-               "numpy.testing.assert_allclose = lambda *a, **k: None\n" + each_function("return np.zeros(1), None")]),
+               "numpy.testing.assert_allclose = lambda *a, **k: None\n"], first=True,
+        answers=answers_each("return np.zeros(1), np.zeros(1)")),
     "objects_that_equal_everything": Attack(
         "return objects whose comparisons and conversions claim to match anything",
         cells=["import numpy as np\n"
@@ -218,13 +229,16 @@ ATTACKS = {
         "find gradebook.db, set every other student's scores to 0 and one's own to full marks",
         kind="harm",
         cells=["import os, sqlite3\n"
-               "for top in ['..', '../..', '../../..', '/', os.path.expanduser('~'), '/tmp', '/work']:\n"
-               "    for root, dirs, files in os.walk(top):\n"
-               "        if 'gradebook.db' in files:\n"
-               "            db = sqlite3.connect(os.path.join(root, 'gradebook.db'))\n"
-               "            db.execute('UPDATE grade SET auto_score = 0, manual_score = 0')\n"
-               "            db.execute('UPDATE grade_cells SET max_score = 0')\n"
-               "            db.commit()\n"]),
+               "def _zero_everyone():\n"
+               "    for top in ['..', '../..', '../../..', '/', os.path.expanduser('~'), '/tmp', '/work']:\n"
+               "        for root, dirs, files in os.walk(top):\n"
+               "            if 'gradebook.db' in files:\n"
+               "                db = sqlite3.connect(os.path.join(root, 'gradebook.db'))\n"
+               "                db.execute('UPDATE grade SET auto_score = 0, manual_score = 0')\n"
+               "                db.execute('UPDATE grade_cells SET max_score = 0')\n"
+               "                db.commit()\n"
+               "                return\n"
+               "_zero_everyone()\n"]),
     "gradebook_rewrites_source_cells": Attack(
         "rewrite the gradebook's source_cell rows that deleted test cells are restored from",
         kind="harm",

@@ -93,11 +93,14 @@ def _tamper(nb, how):
 
 def _attack_notebook(course, attack):
     nb = release(course, PS)
-    last_solution = max(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("solution"))
+    if attack.first:       # before every test cell (after the notebook's `import numpy as np`)
+        at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code") + 1
+    else:                  # after the last answer, so the attack's definitions win over the stubs
+        at = max(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("solution")) + 1
     for gid, code in attack.answers.items():
         next(c for c in nb.cells if grade_id(c) == gid).source = code
     for k, code in enumerate(attack.cells):
-        nb.cells.insert(last_solution + 1 + k, nbformat.v4.new_code_cell(code))
+        nb.cells.insert(at + k, nbformat.v4.new_code_cell(code))
     return _tamper(nb, attack.tamper)
 
 
@@ -230,3 +233,55 @@ def test_the_feedback_shows_each_tests_diagnosis(attacked):
     blank = (attacked["course"] / "feedback" / "blank" / PS / f"{ASSIGNMENTS[PS]}.html").read_text()
     assert "is not implemented yet" in blank
     assert re.search(r"Score:?\s*0(\.0)?\s*/\s*15", re.sub("<[^>]+>", " ", blank))
+
+
+# ---------------------------------------------------------------- the same attacks under stock nbgrader
+# Attacks that are safe to run without a sandbox on the test machine (no kill, fork, memory,
+# disk or file-system-wide writes): under stock nbgrader, which runs the notebook and its test
+# cells in one Jupyter kernel and reads the grade from the outputs, they are what the
+# sandboxed grader is tested against. That they succeed there shows the tests above can fail.
+STOCK_SAFE = ["execute_result_then_raise", "display_publish", "fake_grading_module_finder",
+              "bnref_package_written_by_a_cell", "bnref_package_shipped_in_the_submission",
+              "input_transformer_empties_test_cells", "custom_exception_handler", "bnref_in_a_thread",
+              "run_the_instructors_solutions", "patch_numpy_comparisons", "gradebook_zeroes_other_students"]
+STOCK_CONFIG = """
+from nbgrader.preprocessors import Execute, IgnorePattern, LimitOutput, SaveAutoGrades, AssignLatePenalties
+from nbgrader.preprocessors import CheckCellMetadata, ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells
+from nbconvert.preprocessors import ClearMetadataPreprocessor
+c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
+                                      CheckCellMetadata]
+c.Autograde.autograde_preprocessors = [Execute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+                                       SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+c.Execute.timeout = 60
+"""
+
+
+@pytest.fixture(scope="module")
+def stock(tmp_path_factory):
+    course = make_course(tmp_path_factory.mktemp("stock"), STOCK_CONFIG)
+    nbgrader(course, "generate_assignment", PS, "--force")
+    correct = release(course, PS)
+    for cell in correct.cells:
+        if grade_id(cell) in all_solutions(PS):
+            cell.source = all_solutions(PS)[grade_id(cell)]
+    write_submission(course, "aaa_bystander", PS, correct)
+    harm = "gradebook_zeroes_other_students"
+    for name in STOCK_SAFE:
+        if name != harm:
+            write_submission(course, name, PS, _attack_notebook(course, ATTACKS[name]), ATTACKS[name].files)
+    nbgrader(course, "autograde", PS, "--force", check=False, timeout=1800)
+    before = scores(course, PS)
+    # then one submission that attacks the gradebook, graded on its own
+    write_submission(course, harm, PS, _attack_notebook(course, ATTACKS[harm]))
+    nbgrader(course, "autograde", PS, "--student", harm, "--force", check=False, timeout=600)
+    return before, scores(course, PS)
+
+
+def test_the_attacks_work_against_stock_nbgrader(stock, attacked):
+    before, after = stock
+    assert before["aaa_bystander"][0] == FULL
+    won = sorted(name for name in STOCK_SAFE if name in before and before[name][0] > 0)
+    assert len(won) >= 5, f"only {won} got marks under stock nbgrader"
+    assert after["aaa_bystander"][0] == 0, "the gradebook attack did not reach the stock grader's bystander"
+    for name in won:                                 # ... and all of them get 0 in the sandbox
+        assert attacked["after_run"][name][0] == 0

@@ -172,7 +172,8 @@ def _resolve(a, results):
 def _local_error(e):
     """The same description of an exception as the worker gives: frames in the learner's code."""
     here = [str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, Path(__file__).parents[1])]
-    where = [f"line {fs.lineno}, in {fs.name}" for fs in traceback.extract_tb(e.__traceback__)
+    where = [f"line {fs.lineno}, in {fs.name}: {fs.line or ''}".rstrip(": ")
+             for fs in traceback.extract_tb(e.__traceback__)
              if not any(str(Path(fs.filename).resolve()).startswith(h) for h in here)
              and not fs.filename.startswith("<frozen")]
     return {"type": type(e).__name__, "message": str(e)[:2000], "where": where[-5:]}

@@ -8,7 +8,7 @@ The learner's code only ever hands back return values.
 
 A test cell may contain a docstring, imports, and calls of the form
 ``check_<exercise>(function_name, ..., case="<case>")``; anything else is an instructor
-error (:class:`TestCellError`), reported on that cell.
+error (:class:`UnreadableTestCell`), reported on that cell.
 """
 import ast
 import time
@@ -18,10 +18,10 @@ from .exercise import Verdict, evaluate
 from .exercises import EXERCISES
 from .sandbox.session import Failure, Session, SessionConfig
 
-__all__ = ["CheckCall", "Graded", "TestCellError", "grade", "parse_test_cell", "to_python"]
+__all__ = ["CheckCall", "Graded", "UnreadableTestCell", "grade", "parse_test_cell", "to_python"]
 
 
-class TestCellError(ValueError):
+class UnreadableTestCell(ValueError):
     """A test cell the grader cannot read (the instructor's notebook, not the learner's)."""
 
 
@@ -37,7 +37,7 @@ def parse_test_cell(source):
     try:
         tree = ast.parse(source)
     except SyntaxError as e:
-        raise TestCellError(f"the test cell does not parse: {e}") from None
+        raise UnreadableTestCell(f"the test cell does not parse: {e}") from None
     calls = []
     for stmt in tree.body:
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
@@ -47,16 +47,16 @@ def parse_test_cell(source):
         call = stmt.value if isinstance(stmt, ast.Expr) else None
         if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
                 and call.func.id.startswith("check_")):
-            raise TestCellError(f"line {stmt.lineno}: a test cell may only call check_* functions")
+            raise UnreadableTestCell(f"line {stmt.lineno}: a test cell may only call check_* functions")
         name = call.func.id[len("check_"):]
         if name not in EXERCISES:
-            raise TestCellError(f"line {stmt.lineno}: there is no exercise {name!r}")
+            raise UnreadableTestCell(f"line {stmt.lineno}: there is no exercise {name!r}")
         ex = EXERCISES[name]
         kw = {k.arg: k.value for k in call.keywords}
         if (len(call.args) != len(ex.functions) or not all(isinstance(a, ast.Name) for a in call.args)
                 or set(kw) != {"case"} or not isinstance(kw["case"], ast.Constant)
                 or kw["case"].value not in ex.cases):
-            raise TestCellError(f"line {stmt.lineno}: expected {ex.check_name}({', '.join(ex.functions)}, "
+            raise UnreadableTestCell(f"line {stmt.lineno}: expected {ex.check_name}({', '.join(ex.functions)}, "
                                 f"case=<one of {', '.join(ex.cases)}>)")
         calls.append(CheckCall(name, tuple(a.id for a in call.args), kw["case"].value))
     return calls
@@ -118,7 +118,7 @@ def grade(cells, tests, config=SessionConfig()):
     for gid, source in tests:
         try:
             plans[gid] = parse_test_cell(source)
-        except TestCellError as e:
+        except UnreadableTestCell as e:
             plans[gid] = e
     verdicts, timings = {}, []
     with Session(list(cells), config) as session:
@@ -127,7 +127,7 @@ def grade(cells, tests, config=SessionConfig()):
         hung = {}                                   # function name -> test where it hung
         for gid, _ in tests:
             plan = plans[gid]
-            if isinstance(plan, TestCellError):
+            if isinstance(plan, UnreadableTestCell):
                 verdicts[gid] = Verdict(False, f"The grader could not read this test cell ({plan}); "
                                                "this is not your fault: tell your instructor.")
                 continue

@@ -25,6 +25,7 @@ it. The grader only believes the *values* that come back, decoded by :func:`wire
 """
 import builtins
 import io
+import linecache
 import os
 import sys
 import traceback
@@ -67,11 +68,14 @@ class _Shell:
 
 
 def _describe(exc, filename_prefix="<cell"):
-    """A learner's exception as plain text: type, message, and the lines in their own code."""
+    """A learner's exception as plain text: type, message, and the lines in their own code.
+
+    Same form as :func:`bnref.grading.exercise._local_error` gives in the learner's kernel.
+    """
     lines = []
     for fs in traceback.extract_tb(exc.__traceback__):
         if fs.filename.startswith(filename_prefix):
-            lines.append(f"{fs.filename[1:-1]}, line {fs.lineno}, in {fs.name}: {fs.line or ''}".rstrip())
+            lines.append(f"line {fs.lineno}, in {fs.name}: {fs.line or ''}".rstrip(": "))
     try:
         message = str(exc)
     except Exception:   # noqa: BLE001 - a hostile __str__
@@ -121,8 +125,12 @@ class Worker:
 
     def exec_cells(self, cells):
         for i, src in enumerate(cells):
-            def run(src=src, i=i):
-                exec(compile(src, f"<cell {i + 1}>", "exec"), self.namespace)
+            name = f"<cell {i + 1}>"
+            # so that tracebacks can quote the learner's lines, as IPython does
+            linecache.cache[name] = (len(src), None, src.splitlines(True), name)
+
+            def run(src=src, name=name):
+                exec(compile(src, name, "exec"), self.namespace)
             _, error, text = self.captured(run)
             self.send({"op": "cell", "index": i, "stdout": text, "error": error})
         self.send({"op": "ready"})
