@@ -22,24 +22,30 @@ def define(src, **extra):
     return ns
 
 
-def outcome(check, funcs, case):
+def outcome(check, funcs, case, nonce=None):
     """``"pass"`` or the failure message (a pass with a note counts as a pass)."""
     ex = EXERCISES[check]
     names = {role: f"{role}_{i}" for i, role in enumerate(ex.functions)}
     namespace = {names[role]: f for role, f in zip(ex.functions, funcs)}
-    verdict = evaluate(ex, case, names, LocalExecutor(namespace))
+    verdict = evaluate(ex, case, names, LocalExecutor(namespace), nonce=nonce)
     return "pass" if verdict.passed else verdict.message
+
+
+# The autograder draws fresh inputs for every case (a nonce mixed into the seeds): every
+# expectation must hold for the learner's fixed inputs (nonce 0) and for fresh ones alike.
+NONCES = (0, 11, 2024, 987654321)
 
 
 def assert_outcomes(check, funcs, expected):
     """``expected``: case -> "pass" or a substring that the failure message must contain."""
-    got = {case: outcome(check, funcs, case) for case in expected}
-    for case, want in expected.items():
-        if want == "pass":
-            assert got[case] == "pass", f"{check}/{case} should pass, failed with: {got[case]}"
-        else:
-            assert got[case] != "pass", f"{check}/{case} should fail ({want!r}) but passed"
-            assert want in got[case], f"{check}/{case}: expected {want!r} in message: {got[case]}"
+    for nonce in NONCES:
+        got = {case: outcome(check, funcs, case, nonce) for case in expected}
+        for case, want in expected.items():
+            if want == "pass":
+                assert got[case] == "pass", f"{check}/{case} (nonce {nonce}) should pass, failed with: {got[case]}"
+            else:
+                assert got[case] != "pass", f"{check}/{case} (nonce {nonce}) should fail ({want!r}) but passed"
+                assert want in got[case], f"{check}/{case} (nonce {nonce}): expected {want!r} in message: {got[case]}"
 
 
 # ---------------------------------------------------------------- ps1: forward
@@ -421,7 +427,8 @@ WRONG = {
 @pytest.mark.parametrize("check, case", [(c, k) for c in EXERCISES for k in EXERCISES[c].cases])
 def test_every_case_fails_a_wrong_answer(check, case):
     """No test that cannot fail: a wrong implementation fails every case of every check."""
-    assert outcome(check, WRONG[check](), case) != "pass"
+    for nonce in NONCES:
+        assert outcome(check, WRONG[check](), case, nonce) != "pass"
 
 
 @pytest.mark.parametrize("check, case", [(c, k) for c in EXERCISES for k in EXERCISES[c].cases])
@@ -556,3 +563,41 @@ def test_returning_a_list_passes_with_a_note():
     ex = EXERCISES["batchnorm_forward"]
     v = evaluate(ex, "normalise", {"batchnorm_forward": "f"}, LocalExecutor({"f": f}))
     assert v.passed and "out is a list; return a NumPy array" in v.message
+
+
+# ---------------------------------------------------------------- the instructor's solutions, on fresh inputs
+def _solution_namespaces():
+    """{problem set: namespace with the instructor's solution functions}."""
+    import nbformat
+    from pathlib import Path
+    out = {}
+    for path in sorted(Path(__file__).resolve().parents[1].glob("solutions/ps*/*.ipynb")):
+        ns = {"np": np}
+        for cell in nbformat.read(str(path), 4).cells:
+            if cell.metadata.get("nbgrader", {}).get("solution") and cell.cell_type == "code":
+                exec("\n".join(l for l in cell.source.splitlines() if "###" not in l), ns)
+        out[path.parent.name] = ns
+    return out
+
+
+SOLUTIONS = _solution_namespaces()
+CHECKED_BY = [("ps1_forward", "batchnorm_forward", ("batchnorm_forward",)),
+              ("ps1_forward", "running_stats_update", ("running_stats_update",)),
+              ("ps1_forward", "batchnorm_inference", ("batchnorm_inference",)),
+              ("ps2_backward", "batchnorm_backward", ("batchnorm_forward", "batchnorm_backward")),
+              ("ps2_backward", "batchnorm_backward", ("batchnorm_forward", "batchnorm_backward_compact")),
+              ("ps3_spatial", "spatial_batchnorm_forward", ("spatial_batchnorm_forward",)),
+              ("ps3_spatial", "spatial_batchnorm_backward", ("spatial_batchnorm_forward", "spatial_batchnorm_backward")),
+              ("ps4_inference", "fold_batchnorm", ("fold_batchnorm",)),
+              ("ps5_alternatives", "layernorm_forward", ("layernorm_forward",)),
+              ("ps5_alternatives", "layernorm_backward", ("layernorm_forward", "layernorm_backward")),
+              ("ps5_alternatives", "groupnorm_forward", ("groupnorm_forward",))]
+
+
+@pytest.mark.parametrize("ps, check, funcs", CHECKED_BY, ids=[f"{c}:{f[-1]}" for _, c, f in CHECKED_BY])
+def test_the_solutions_pass_every_case_on_fresh_inputs(ps, check, funcs):
+    """Honest work is never unlucky: the grade does not depend on the inputs drawn."""
+    ns = SOLUTIONS[ps]
+    for case in EXERCISES[check].cases:
+        for nonce in range(1, 26):
+            assert outcome(check, tuple(ns[f] for f in funcs), case, nonce) == "pass", (case, nonce)

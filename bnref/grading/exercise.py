@@ -192,8 +192,11 @@ def _rng_factory(nonce):
 def evaluate(exercise, case_name, functions, executor, nonce=None):
     """Run case ``case_name`` of ``exercise`` on the learner's ``functions`` (role -> name).
 
-    ``nonce`` (hidden cases) is mixed into every seed: drawn afresh for each check by default,
-    so hidden inputs cannot be looked up in advance. Returns a :class:`Verdict`.
+    ``nonce`` is mixed into every seed. By default it is 0 for visible cases (the learner sees
+    the same inputs every time) and drawn afresh for hidden ones; the autograder draws it
+    afresh for every case, so no answer can be looked up from inputs known in advance. The
+    shapes and the controlled statistics of the inputs do not depend on it, so a right or a
+    wrong implementation gets the same verdict whatever its value. Returns a :class:`Verdict`.
     """
     case = exercise.cases[case_name]
     if nonce is None:

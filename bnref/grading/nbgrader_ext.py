@@ -251,9 +251,9 @@ class _Pool:
         self.futures, self.done, self.lock = {}, 0, threading.Lock()
         if config.sandbox == "bwrap":
             bwrap.probe(config.limits)            # refuse at once, with what to do, if no sandbox
-        todo = self._todo(converter) if config.jobs > 1 and converter is not None else []
+        todo = self._todo(converter) if converter is not None else []
         self.total = max(len(todo), 1)
-        if todo:
+        if todo and config.jobs > 1:
             self.executor = ThreadPoolExecutor(config.jobs, thread_name_prefix="bnref-grade")
             self.log.info("Grading %d notebooks, %d at a time, each in its own sandbox", len(todo), config.jobs)
             for assignment, student, notebook, path, spec in todo:
@@ -310,4 +310,4 @@ class _Pool:
         return inline(), time.monotonic() - t0
 
     def progress(self):
-        return f"[{self.done}/{self.total}]"
+        return f"[{self.done}/{max(self.total, self.done)}]"

@@ -11,6 +11,7 @@ A test cell may contain a docstring, imports, and calls of the form
 error (:class:`UnreadableTestCell`), reported on that cell.
 """
 import ast
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -141,8 +142,9 @@ def grade(cells, tests, config=SessionConfig()):
                                              f"test ({hung[stuck[0]]}), so its remaining tests count as failed.")
                     break
                 c0 = time.monotonic()
+                # fresh inputs for every case, visible ones too: none can be answered from a table
                 v = evaluate(ex, check.case, dict(zip(ex.functions, check.functions)),
-                             _SandboxExecutor(session, c0 + config.call_timeout))
+                             _SandboxExecutor(session, c0 + config.call_timeout), nonce=secrets.randbits(63))
                 timings.append((gid, check.case, time.monotonic() - c0))
                 if v.hung:
                     hung[v.hung] = gid
