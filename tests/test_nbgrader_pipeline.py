@@ -358,3 +358,17 @@ def test_manual_grading_of_the_written_answer_and_csv_export(graded):
         assert float(row["score"]) == score + manual, (student, ps, row)
         assert float(row["max_score"]) == {"ps1_forward": PS1_FULL, "ps2_backward": 13, "ps3_spatial": 11,
                                            "ps4_inference": 7, "ps5_alternatives": 12}[ps]
+
+
+def test_autograde_refuses_without_a_sandbox_and_names_the_setting(tmp_path):
+    course = make_course(tmp_path / "nosandbox", CONFIG)
+    nbgrader(course, "generate_assignment", "ps1_forward", "--force")
+    submit(course, "solo", "ps1_forward", answers=all_solutions("ps1_forward"))
+    # no bubblewrap on PATH: as on a machine where it is not installed
+    res = nbgrader(course, "autograde", "ps1_forward", "--force", check=False, env={"PATH": "/nonexistent"})
+    assert res.returncode != 0
+    assert "cannot start the grading sandbox" in res.stderr and "c.SandboxedGrading.sandbox = 'none'" in res.stderr
+    assert scores(course, "ps1_forward")["solo"][0] == 0
+    # the documented setting grades trusted submissions without a sandbox
+    nbgrader(course, "autograde", "ps1_forward", "--force", "--SandboxedGrading.sandbox=none")
+    assert scores(course, "ps1_forward")["solo"][0] == PS1_FULL

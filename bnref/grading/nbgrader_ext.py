@@ -249,8 +249,14 @@ class _Pool:
     def __init__(self, preprocessor, converter, config):
         self.log, self.config = preprocessor.log, config
         self.futures, self.done, self.lock = {}, 0, threading.Lock()
+        self.unavailable = None
         if config.sandbox == "bwrap":
-            bwrap.probe(config.limits)            # refuse at once, with what to do, if no sandbox
+            try:
+                bwrap.probe(config.limits)        # refuse at once, with what to do, if no sandbox
+            except bwrap.SandboxUnavailable as e:
+                self.log.error("%s", e)
+                self.unavailable, self.total = e, 1
+                return
         todo = self._todo(converter) if converter is not None else []
         self.total = max(len(todo), 1)
         if todo and config.jobs > 1:
@@ -294,6 +300,8 @@ class _Pool:
 
     def result(self, assignment, student, notebook, key, inline):
         """``(Graded, seconds)``: the pool's result if it graded exactly this code, else ``inline()``."""
+        if self.unavailable is not None:
+            raise self.unavailable
         future = self.futures.pop((assignment, student, notebook), None)
         with self.lock:
             self.done += 1
