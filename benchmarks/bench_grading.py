@@ -1,24 +1,32 @@
-"""How long autograding takes: per notebook, and for a class of simulated ps1 submissions.
+"""How long autograding takes: the sandboxed grader against plain nbgrader, in the same run.
 
-Builds a throwaway course from the repository's ``nbgrader_config.py`` and ``solutions/``,
-generates the five assignments, and times the real ``nbgrader autograde`` command:
+Two throwaway courses get the same ``--students`` (default 100) simulated ps1 submissions, a
+deterministic mix of correct answers, the blank notebook and common mistakes:
 
-1. one correct submission of each assignment (time per notebook, with the number of test
-   cells, i.e. of judge processes started);
-2. a class of ``--students`` (default 100) ps1 submissions: a deterministic mix of correct
-   answers, the blank notebook and common mistakes, graded by one ``nbgrader autograde
-   ps1_forward`` run; the scores are checked against what each kind must get.
+- **sandboxed**: the repository's ``nbgrader_config.py`` (each submission's code in a
+  bubblewrap sandbox, verdicts decided outside it, ``jobs`` = one per core);
+- **plain nbgrader**: nbgrader's default preprocessors (the notebook and its test cells run in
+  one Jupyter kernel, one submission after the other), the same test cells.
+
+Each is graded by one ``nbgrader autograde ps1_forward --force`` command, alternately, ``--repeats``
+times; the table gives medians and the ratio. Both must give the same scores.
+
+Then, in this process, the costs inside the sandboxed grader on one correct and one blank
+submission (:func:`bnref.grading.runner.grade`): starting the sandbox and running the cells,
+each check, and the sandbox's own overhead (the same notebook with ``sandbox="none"``, a plain
+child process; and an empty sandbox against an empty Python).
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_grading.py [--students 100] [--out benchmarks/results/grading.md]
+    .venv/bin/python benchmarks/bench_grading.py [--students 100] [--repeats 3] [--out FILE]
 
-Prints a Markdown table and writes it to ``--out``.
+Prints Markdown tables; with ``--out`` also writes them (``benchmarks/results/grading.md``).
 """
 import argparse
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,8 +37,31 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# {assignment: notebook name}, read from the source folders: solutions/<ps>/<name>.ipynb
-ASSIGNMENTS = {nb.parent.name: nb.stem for nb in sorted((ROOT / "solutions").glob("ps*/*.ipynb"))}
+PS, NB = "ps1_forward", "batchnorm_forward"
+sys.path.insert(0, str(ROOT / "tests"))
+from course import all_solutions, make_course, mistake, release, scores, write_submission  # noqa: E402
+
+PLAIN_CONFIG = """
+# nbgrader's own defaults: the submission and its test cells run in one Jupyter kernel
+from nbgrader.preprocessors import (Execute, IgnorePattern, LimitOutput, SaveAutoGrades, AssignLatePenalties,
+                                    CheckCellMetadata, ClearOutput, DeduplicateIds, OverwriteKernelspec,
+                                    OverwriteCells)
+from nbconvert.preprocessors import ClearMetadataPreprocessor
+c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
+                                      CheckCellMetadata]
+c.Autograde.autograde_preprocessors = [Execute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+                                       SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+"""
+KINDS = {
+    "correct": {},
+    "blank": None,
+    "unbiased": {"batchnorm_forward": ("var = (xmu ** 2).mean(axis=0)                # (D,): biased, divides by N",
+                                       "var = (xmu ** 2).sum(axis=0) / (x.shape[0] - 1)")},
+    "no_eps": {"batchnorm_forward": ("inv_std = 1.0 / np.sqrt(var + eps)           # (D,)",
+                                     "inv_std = 1.0 / np.sqrt(var)")},
+    "flipped": {"running_stats_update": ("running_mean = (1 - momentum) * running_mean + momentum * mean",
+                                         "running_mean = momentum * running_mean + (1 - momentum) * mean")},
+}
 
 
 def nbgrader(course, *args):
@@ -42,115 +73,138 @@ def nbgrader(course, *args):
     return time.perf_counter() - t
 
 
-def solution_cells(ps):
-    nb = nbformat.read(str(ROOT / "solutions" / ps / f"{ASSIGNMENTS[ps]}.ipynb"), 4)
-    return {c.metadata["nbgrader"]["grade_id"]: "\n".join(l for l in c.source.splitlines() if "### " not in l)
-            for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")}
+def class_of(course, n):
+    """Write n submissions, kinds in turn; returns {student: kind}."""
+    solutions = all_solutions(PS)
+    kinds = {}
+    for i in range(n):
+        kind = list(KINDS)[i % len(KINDS)]
+        nb = release(course, PS)
+        if KINDS[kind] is not None:
+            answers = dict(solutions)
+            for gid, (old, new) in KINDS[kind].items():
+                answers[gid] = mistake(PS, gid, old, new)
+            for cell in nb.cells:
+                gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+                if gid in answers:
+                    cell.source = answers[gid]
+        student = f"s{i:03d}_{kind}"
+        write_submission(course, student, PS, nb)
+        kinds[student] = kind
+    return kinds
 
 
-def submit(course, student, ps, answers):
-    nb = nbformat.read(str(course / "exercises" / ps / f"{ASSIGNMENTS[ps]}.ipynb"), 4)
-    for cell in nb.cells:
-        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if gid in answers:
-            cell.source = answers[gid]
-    out = course / "submitted" / student / ps / f"{ASSIGNMENTS[ps]}.ipynb"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(out))
+def class_benchmark(tmp, students, repeats):
+    courses = {"sandboxed": make_course(tmp / "sandboxed"), "plain nbgrader": make_course(tmp / "plain", PLAIN_CONFIG)}
+    for course in courses.values():
+        nbgrader(course, "generate_assignment", PS, "--force")
+        class_of(course, students)
+    times = {name: [] for name in courses}
+    for _ in range(repeats):                     # alternately, so both see the same machine load
+        for name, course in courses.items():
+            times[name].append(nbgrader(course, "autograde", PS, "--force"))
+    got = {name: scores(course, PS) for name, course in courses.items()}
+    same = {s: v[0] for s, v in got["sandboxed"].items()} == {s: v[0] for s, v in got["plain nbgrader"].items()}
+    by_kind = {}
+    for s, (auto, _, _) in got["sandboxed"].items():
+        by_kind.setdefault(s.split("_", 1)[1], set()).add(auto)
+    return times, same, by_kind
 
 
-def ps1_kinds():
-    """(answers, expected score) for the kinds of ps1 submissions in the simulated class."""
-    ok = {k: v for k, v in solution_cells("ps1_forward").items() if not k.startswith("written")}
+def inside_costs(tmp, rounds=7):
+    """Per-phase costs of runner.grade on one notebook, medians over ``rounds``."""
+    from bnref.grading.nbgrader_ext import _extract, _Spec
+    from bnref.grading.runner import grade
+    from bnref.grading.sandbox import bwrap
+    from bnref.grading.sandbox.session import SessionConfig
 
-    def edit(gid, old, new):
-        assert old in ok[gid], old
-        return {**ok, gid: ok[gid].replace(old, new)}
-    return {
-        "correct": (ok, 14),
-        "blank": ({}, 0),
-        "unbiased": (edit("batchnorm_forward", "var = (xmu ** 2).mean(axis=0)",
-                          "var = (xmu ** 2).sum(axis=0) / (x.shape[0] - 1)"), 10),
-        "no_eps": (edit("batchnorm_forward", "np.sqrt(var + eps)", "np.sqrt(var)"), 13),
-        "flipped": (edit("running_stats_update", "running_mean = (1 - momentum) * running_mean + momentum * mean",
-                         "running_mean = momentum * running_mean + (1 - momentum) * mean"), 10),
-    }
+    course = make_course(tmp / "inside")
+    nbgrader(course, "generate_assignment", PS, "--force")
+    class_of(course, 2)                          # s000_correct, s001_blank
+    spec = _Spec(f"sqlite:///{course / 'gradebook.db'}", NB, PS)
+    rows = {}
+    for student in ("s000_correct", "s001_blank"):
+        cells, tests, _ = _extract(nbformat.read(str(course / "submitted" / student / PS / f"{NB}.ipynb"), 4), spec)
+        for sandbox in ("bwrap", "none"):
+            runs = [grade(cells, tests, SessionConfig(sandbox=sandbox)) for _ in range(rounds)]
+            rows[(student, sandbox)] = dict(
+                total=statistics.median(r.seconds for r in runs),
+                startup=statistics.median(r.startup for r in runs),
+                check=statistics.median(statistics.median(t for _, _, t in r.checks) for r in runs),
+                checks=len(runs[0].checks),
+                passed=sum(v.passed for v in runs[0].verdicts.values()))
+    # an empty sandbox against an empty Python process
+    argv, env = bwrap.sandbox_command()
+    empty = {"empty Python": [sys.executable, "-I", "-S", "-c", "pass"],
+             "empty Python + NumPy in the sandbox": argv[:-1] + ["import sys; sys.path.insert(0, '/sandbox/site'); import numpy"],
+             "empty Python + NumPy, no sandbox": [sys.executable, "-I", "-S", "-c",
+                                                  f"import sys; sys.path.insert(0, {str(Path(numpy_dir()).parent)!r}); import numpy"]}
+    starts = {}
+    for name, cmd in empty.items():
+        ts = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            subprocess.run(cmd, env=env if "sandbox" in name else None, check=True, capture_output=True)
+            ts.append(time.perf_counter() - t)
+        starts[name] = statistics.median(ts)
+    return rows, starts
+
+
+def numpy_dir():
+    import numpy
+    return Path(numpy.__file__).parent
+
+
+def machine():
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), Python {platform.python_version()}, "
+            f"bubblewrap {subprocess.run(['bwrap', '--version'], capture_output=True, text=True).stdout.split()[-1]}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--students", type=int, default=100)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grading.md"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", help="also write the tables to this Markdown file")
     args = ap.parse_args()
-
-    from nbgrader.api import Gradebook
-
-    with tempfile.TemporaryDirectory() as tmp:
-        course = Path(tmp)
-        shutil.copy(ROOT / "nbgrader_config.py", course)
-        shutil.copytree(ROOT / "solutions", course / "solutions")
-        for ps in ASSIGNMENTS:
-            nbgrader(course, "generate_assignment", ps, "--force")
-
-        rows = []
-        for ps, name in ASSIGNMENTS.items():
-            submit(course, "solo", ps, solution_cells(ps))
-            n_tests = sum(1 for c in nbformat.read(str(course / "exercises" / ps / f"{name}.ipynb"), 4).cells
-                          if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade"))
-            secs = nbgrader(course, "autograde", ps, "--student", "solo", "--force")
-            rows.append((ps, name, n_tests, secs))
-
-        kinds = ps1_kinds()
-        names = list(kinds)
-        expected = {}
-        for i in range(args.students):
-            kind = names[i % len(names)]
-            student = f"s{i:03d}_{kind}"
-            submit(course, student, "ps1_forward", kinds[kind][0])
-            expected[student] = kinds[kind][1]
-        shutil.rmtree(course / "autograded" / "solo", ignore_errors=True)
-        class_secs = nbgrader(course, "autograde", "ps1_forward")
-        wrong = []
-        with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-            for student, score in expected.items():
-                got = gb.find_submission("ps1_forward", student).score
-                if got != score:
-                    wrong.append(f"{student}: {got} (expected {score})")
-
-    cpu = os.cpu_count()
+    with tempfile.TemporaryDirectory(prefix="bench-grading-") as tmp:
+        tmp = Path(tmp)
+        times, same, by_kind = class_benchmark(tmp, args.students, args.repeats)
+        rows, starts = inside_costs(tmp)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    n = args.students
     lines = [
-        "# Autograding time",
-        "",
-        f"`benchmarks/bench_grading.py` on {platform.processor() or platform.machine()}, {cpu} CPU cores "
-        f"(shared), Python {platform.python_version()}; `nbgrader autograde`, per-cell timeout from "
-        "`nbgrader_config.py`. Each test cell starts one clean judge process.",
-        "",
-        "## One correct submission per notebook",
-        "",
-        "Each time is one `nbgrader autograde <ps> --student solo` command, so it includes the "
-        "command's own start-up and database work (a few seconds).",
-        "",
-        "| assignment | notebook | test cells | autograde (s) |",
-        "| --- | --- | ---: | ---: |",
-        *[f"| {ps} | {name} | {n} | {s:.1f} |" for ps, name, n, s in rows],
-        "",
-        f"## A class of {args.students} ps1 submissions",
-        "",
-        "| submissions | kinds | total (s) | per submission (s) | scores as expected |",
-        "| ---: | --- | ---: | ---: | --- |",
-        f"| {args.students} | {', '.join(names)} (in turn) | {class_secs:.0f} | {class_secs / args.students:.2f} | "
-        f"{'yes' if not wrong else 'NO: ' + '; '.join(wrong[:5])} |",
-        "",
-        f"The whole class takes {class_secs / 60:.1f} minutes on one `nbgrader autograde` run "
-        "(submissions are graded one after the other).",
-        "",
+        "# Autograding time", "",
+        f"`benchmarks/bench_grading.py` on {machine()}.", "",
+        f"## A class of {n} ps1 submissions", "",
+        f"Each run is one `nbgrader autograde {PS} --force` command over the whole class (its start-up "
+        f"and database work included); the two graders ran alternately, {args.repeats} times each. "
+        f"Kinds, in turn: {', '.join(KINDS)}.", "",
+        "| grader | runs (s) | median (s) | per submission (s) | ratio to plain |",
+        "| --- | --- | ---: | ---: | ---: |",
     ]
-    text = "\n".join(lines)
+    for name, ts in times.items():
+        lines.append(f"| {name} | {', '.join(f'{t:.0f}' for t in ts)} | {med[name]:.1f} | "
+                     f"{med[name] / n:.2f} | {med[name] / med['plain nbgrader']:.2f} |")
+    lines += ["", f"Same scores from both graders: {'yes' if same else 'NO'}. Scores by kind (of 15): "
+              + ", ".join(f"{k} {sorted(v)}" for k, v in sorted(by_kind.items())) + ".", "",
+              "## Inside the sandboxed grader, one notebook", "",
+              "`bnref.grading.runner.grade` in this process, medians of 7 rounds: the sandbox's start with "
+              "the learner's cells run, the median check (all the calls of one `check_*` line), and the whole "
+              "notebook. `none` is the same worker as a plain child process (no bubblewrap).", "",
+              "| submission | sandbox | start + cells (s) | median check (ms) | checks | passed test cells | total (s) |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for (student, sandbox), r in rows.items():
+        lines.append(f"| {student.split('_', 1)[1]} | {sandbox} | {r['startup']:.3f} | {1000 * r['check']:.1f} | "
+                     f"{r['checks']} | {r['passed']} | {r['total']:.3f} |")
+    lines += ["", "Process start, medians of 7:", "", "| process | start (s) |", "| --- | ---: |"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in starts.items()]
+    over = starts["empty Python + NumPy in the sandbox"] - starts["empty Python + NumPy, no sandbox"]
+    lines += ["", f"The sandbox's own overhead: {over * 1000:.0f} ms per notebook (bubblewrap's namespaces and "
+              f"mounts), paid once per submission and again only after a hang or a crash."]
+    text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    if wrong:
-        sys.exit(1)
+    if args.out:
+        Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ What the learner's code sees inside (``bwrap`` from Debian's ``bubblewrap`` pack
   with every ``site-packages``/``dist-packages`` directory hidden under an empty tmpfs;
 - NumPy (the grader's own copy, read-only) in ``/sandbox/site``, and the worker's two files
   in ``/sandbox/worker``;
-- an empty, size-limited, writable ``/scratch`` (its working directory and ``HOME``) and
-  ``/tmp``; a private ``/proc`` and a minimal ``/dev``;
+- an empty, size-limited, writable ``/scratch`` (its working directory and ``HOME``),
+  ``/tmp`` and ``/dev/shm``; a private ``/proc`` and a minimal, read-only ``/dev``;
 - no network (its own, empty network namespace), its own PID, IPC and UTS namespaces, a new
   session (no access to the grader's terminal), an empty environment;
 - resource limits (``prlimit``): address space, processes, CPU seconds, file size, open
@@ -165,7 +165,10 @@ def sandbox_command(limits=Limits(), output_limit=20000, jobs=1):
         if os.path.islink(f"/{link}"):
             cmd += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
     size = str(limits.file_mb << 20)
-    cmd += ["--proc", "/proc", "--dev", "/dev",
+    # /dev: bubblewrap's minimal one, read-only but for a size-limited /dev/shm (in a user
+    # namespace the sandbox would own an unlimited /dev tmpfs otherwise)
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--perms", "1777", "--tmpfs", "/dev/shm",
+            "--remount-ro", "/dev",
             "--size", size, "--perms", "1777", "--tmpfs", "/tmp",
             "--size", size, "--perms", "0777", "--tmpfs", "/scratch", "--chdir", "/scratch"]
     inner = [exe, "-I", "-S", "-c", "import sys; sys.path.insert(0, '/sandbox/site'); "
