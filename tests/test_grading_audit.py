@@ -62,7 +62,7 @@ EXPECTED = {
 
 # HONEST extra cells that are worth a look all the same: os._exit kills the kernel on the spot
 # (graded, it only costs the learner the cells after it, but an instructor should know).
-HONEST_EXPECTED = {"scratch_cell_that_exits": [(PROCESS, "calls os._exit")]}
+HONEST_EXPECTED = {"scratch_cell_that_exits": [(PROCESS, "calls os._exit()")]}
 
 
 def kinds(src, modules=None):
@@ -117,11 +117,9 @@ def test_every_attack_is_listed_under_its_class(with_release, name):
     assert EXPECTED[name] <= found, f"{name} ({ATTACKS[name].why}): {[str(f) for f in with_release[name]]}"
 
 
-@pytest.mark.parametrize("name", sorted(n for n, a in ATTACKS.items() if a.tamper))
+# A deleted test cell leaves nothing behind to check: only --release sees it.
+@pytest.mark.parametrize("name", sorted(n for n, a in ATTACKS.items() if a.tamper and a.tamper != "delete_tests"))
 def test_tampering_is_seen_from_nbgraders_checksums_without_the_release(without_release, name):
-    # A deleted test cell leaves nothing behind to check: only --release sees it.
-    if ATTACKS[name].tamper == "delete_tests":
-        pytest.skip("a deleted test cell is seen only with --release")
     assert TAMPERED in {f.kind for f in without_release[name]}
 
 
@@ -234,6 +232,8 @@ FLAGGED = [
     (PROCESS, "!ls $(echo ..)"),
     (PROCESS, "%%bash\necho hello"),
     (PROCESS, "%sx whoami"),
+    (PROCESS, "%pip install torch"),
+    (PROCESS, "import os\ngetattr(os, 'system')('ls')"),
     (DYNAMIC, "exec('x = 1')"),
     (DYNAMIC, "y = eval('1 + 1')"),
     (DYNAMIC, "code = compile(src, 'mine.txt', 'exec')"),
@@ -307,10 +307,18 @@ HONEST_CELLS = [
     "np.mean??",
     "%load_ext autoreload\n%autoreload 2",
     "%config InlineBackend.figure_format = 'retina'",
+    "%reload_ext autoreload\n%xdel x",
+    "!ls | grep ipynb",
+    "import IPython\nIPython.display.display(1)",
+    "np.testing.assert_allclose(out, expected, rtol=1e-5)\nassert out.shape == (4, 3), 'shape'",
+    "import os\nprint(os.getcwd(), os.listdir('.'))\nos.makedirs('figures', exist_ok=True)",
+    "print(f'mean={m:.3f}, var={v:.3f}')\nnp.set_printoptions(precision=3)",
     "x = 3\ndisplay(x)",
     "from IPython.display import display, Markdown\ndisplay(Markdown('**bold**'))",
-    "import matplotlib.pyplot as plt\nplt.rcParams['figure.figsize'] = (8, 4)\nplt.plot([1, 2], label='signal')\nplt.show()",
-    "import sys, warnings\nwarnings.warn('a reminder')\nwarnings.filterwarnings('ignore', category=DeprecationWarning)\n"
+    "import matplotlib.pyplot as plt\nplt.rcParams['figure.figsize'] = (8, 4)\n"
+    "plt.plot([1, 2], label='signal')\nplt.show()",
+    "import sys, warnings\nwarnings.warn('a reminder')\n"
+    "warnings.filterwarnings('ignore', category=DeprecationWarning)\n"
     "print('debugging'); print('to stderr', file=sys.stderr)\nsys.stdout.flush()",
     "import os\nos.write(2, b'fd-level stderr\\n')",
     "import re\npattern = re.compile(r'\\d+')",
@@ -322,10 +330,13 @@ HONEST_CELLS = [
     "with open('results.txt', 'w') as f:\n    f.write('ok')\ndata = open('data/x.csv').read()",
     "while True:\n    x = step(x)\n    if abs(x) < 1e-6:\n        break",
     "def stream():\n    while True:\n        yield 1.0",
-    "rng = np.random.default_rng(2 ** 32 - 1)\nseeds = rng.integers(0, 2 ** 31, size=10)\nbig = np.full(3, 10 ** 9)",
+    "rng = np.random.default_rng(2 ** 32 - 1)\nseeds = rng.integers(0, 2 ** 31, size=10)\n"
+    "big = np.full(3, 10 ** 9)",
     "x = np.random.randn(1000, 64)\nr = range(10 ** 6)",
-    "class Stats:\n    def __init__(self, m):\n        self.m = m\n    def __repr__(self):\n        return f'Stats({self.m})'\n"
-    "    def _repr_html_(self):\n        return '<b>stats</b>'\n    def __eq__(self, other):\n        return self.m == other.m",
+    "class Stats:\n    def __init__(self, m):\n        self.m = m\n"
+    "    def __repr__(self):\n        return f'Stats({self.m})'\n"
+    "    def _repr_html_(self):\n        return '<b>stats</b>'\n"
+    "    def __eq__(self, other):\n        return self.m == other.m",
     "def f(x):\n    '''Normalise over axis 0 (see ~/notes and ../README, not bnref).'''\n    return x",
     "import time, math\nt0 = time.perf_counter()\nmath.sqrt(2)",
     "undefined_name + 1",
@@ -348,11 +359,11 @@ def test_honest_cells_have_no_findings(src):
 
 def test_messages_say_what_and_why():
     assert messages("import sys\nsys.meta_path.insert(0, F())\nsys.meta_path = []") == [
-        "calls sys.meta_path.insert: import-system finders can serve a fake module",
+        "calls sys.meta_path.insert(): import-system finders can serve a fake module",
         "assigns to sys.meta_path: import-system finders can serve a fake module",
-        "assigns to sys.meta_path: replaces part of the module sys for every later cell"]
+        "assigns to sys.meta_path: replaces sys.meta_path for every later cell"]
     assert messages("import numpy as np\nnp.allclose = f") == [
-        "assigns to np.allclose: replaces part of the module numpy for every later cell"]
+        "assigns to np.allclose: replaces numpy.allclose for every later cell"]
 
 
 def test_ipython_syntax_keeps_its_lines_and_magic_bodies_are_read():
@@ -377,7 +388,8 @@ def _notebook(path, *cells):
     return path
 
 
-TEST_MD = {"grade": True, "solution": False, "locked": True, "grade_id": "test_a", "points": 1, "schema_version": 3}
+TEST_MD = {"grade": True, "solution": False, "locked": True, "grade_id": "test_a", "points": 1,
+           "schema_version": 3}
 
 
 def test_test_cells_are_skipped_and_imports_carry_across_cells(tmp_path):
@@ -404,16 +416,17 @@ def test_a_folder_lists_other_files_and_folders_of_a_submission(tmp_path):
 
 
 def test_the_release_finds_unknown_duplicated_edited_and_missing_test_cells(tmp_path):
-    release = _notebook(tmp_path / "exercises" / "ps1" / "nb.ipynb", "x = 1",
-                        ("check_a(f, case='x')", TEST_MD), ("check_b(f, case='y')", {**TEST_MD, "grade_id": "test_b"}))
+    release = _notebook(tmp_path / "exercises" / "ps1" / "nb.ipynb", "x = 1", ("check_a(f, case='x')", TEST_MD),
+                        ("check_b(f, case='y')", {**TEST_MD, "grade_id": "test_b"}))
     sub = _notebook(tmp_path / "submitted" / "bob" / "ps1" / "nb.ipynb", "x = 1",
                     ("print('Passed')", TEST_MD), ("print('Passed')", TEST_MD),
                     ("print('Passed')", {**TEST_MD, "grade_id": "bonus", "points": 100}))
     got = [(f.cell, f.message.split(":")[0]) for f in audit_notebook(sub, release)]
-    assert got == [(None, "test cell 'test_b' of the release is missing (deleted, or its nbgrader metadata removed)"),
+    assert got == [(None, "test cell 'test_b' of the release is missing "
+                          "(deleted, or its nbgrader metadata removed)"),
                    (1, "test cell 'test_a' was edited"),
                    (2, "carries the grade_id 'test_a' again"),
-                   (3, "claims 100 points as grade_id 'bonus', which is no test cell of the release")]
+                   (3, "claims 100 points as grade_id 'bonus', which the release does not grade")]
 
 
 # ---------------------------------------------------------------- the command line
@@ -421,13 +434,14 @@ LINE = re.compile(r"^\S+\.ipynb: cell \d+, line \d+: \[[a-z -]+\] \S.*$")
 
 
 def test_the_cli_prints_one_line_per_finding_and_strict_exits_1(tmp_path, capsys):
-    _notebook(tmp_path / "s" / "nb.ipynb", "import numpy as np", "import bnref\nimport subprocess\nnp.allclose = f")
+    _notebook(tmp_path / "s" / "nb.ipynb", "import numpy as np",
+              "import bnref\nimport subprocess\nnp.allclose = f")
     assert main([str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert len(lines) == 3 and all(LINE.match(line) for line in lines), out
     assert lines[0].endswith("cell 1, line 1: [import hook] imports bnref: the course's reference implementation")
-    assert err.strip() == "3 finding(s) in 1 notebook(s): 1 import hook, 1 process, 1 monkeypatch"
+    assert err.strip() == "3 findings in 1 notebook: 1 import hook, 1 process, 1 monkeypatch"
     assert main([str(tmp_path), "--strict"]) == 1
 
 
@@ -435,7 +449,7 @@ def test_the_cli_is_quiet_and_strict_exits_0_on_clean_work(tmp_path, capsys):
     _notebook(tmp_path / "s" / "nb.ipynb", "import numpy as np\nx = np.ones(3)\n%timeit x.sum()")
     assert main([str(tmp_path), "--strict"]) == 0
     out, err = capsys.readouterr()
-    assert out == "" and err.strip() == "0 finding(s) in 1 notebook(s)"
+    assert out == "" and err.strip() == "0 findings in 1 notebook"
 
 
 def test_the_cli_lists_an_extra_file_and_compares_with_the_release(tmp_path, capsys):

@@ -13,8 +13,9 @@ attack on the grader would need, by class:
 display trick
     ``sys.displayhook``, ``get_ipython()`` and what hangs on it (``display_pub``,
     ``displayhook``, input transformers, ``set_custom_exc``, ``events``, ``run_cell``...),
-    ``publish_display_data``, ``display(..., raw=True)``, HTML/JavaScript cell magics.
-    Classes that define ``__repr__`` or ``_repr_*_`` are not listed: honest code does that.
+    ``publish_display_data``, ``display(..., raw=True)``, HTML/JavaScript cell magics,
+    imports of ``IPython.core`` or ``ipykernel``. ``display()``, ``IPython.display`` and
+    classes that define ``__repr__`` or ``_repr_*_`` are not listed: honest code uses them.
 import hook
     ``sys.meta_path``, ``sys.path_hooks``, changes to ``sys.path``, ``sys.modules``,
     ``importlib``, ``__import__``, strings that name a ``.py`` file or ``bnref``, imports of
@@ -31,7 +32,7 @@ process
     ``subprocess``, ``os.system``, ``os.popen``, ``os.fork``, ``os.exec*``, ``os.spawn*``,
     ``os.posix_spawn``, ``multiprocessing``, ``threading``, ``_thread``,
     ``concurrent.futures``, ``pty``, ``os.setsid``, ``os._exit``; shell lines other than
-    simple look-ups (``!ls``, ``!nvidia-smi``...) and shell cell magics.
+    simple look-ups (``!ls``, ``!nvidia-smi``... are not listed), shell cell magics, ``%pip``.
 dynamic code
     ``exec``, ``eval``, ``compile``, ``getattr`` / ``setattr`` / ``delattr`` with a name
     computed at run time, ``globals()[...]``, ``vars()``, ``__builtins__``, ``__dict__`` and
@@ -68,16 +69,20 @@ Test cells exactly as released are skipped (the grader uses the gradebook's copy
 the submission's), so the instructor's notebooks in ``solutions/`` and ``exercises/`` give
 no findings.
 
-Usage::
+Notes
+-----
+One line per finding: ``path: cell N, line L: [class] message`` (N counts a notebook's
+cells from 0, as nbformat does; L is the line in the cell), ``path: cell N: [class] ...``
+for a whole cell, ``path: [class] ...`` for a notebook or a file; then, on stderr, the
+number of findings per class. ``--strict`` exits with status 1 when anything is found.
+
+Examples
+--------
+::
 
     python -m bnref.grading.audit submitted/                         # every submission below
     python -m bnref.grading.audit submitted/ --release exercises/    # and compare with the release
     python -m bnref.grading.audit submitted/*/ps1_forward --strict   # exit 1 if anything is found
-
-Output: one line per finding, ``path: cell N, line L: [class] message`` (N counts a
-notebook's cells from 0, as nbformat does; L is the line in the cell), ``path: cell N:
-[class] ...`` for a whole cell and ``path: [class] ...`` for a notebook or file, then a
-summary with the number of findings per class on stderr.
 """
 import argparse
 import ast
@@ -109,7 +114,7 @@ MODULES = {
     "bnref": (IMPORT, "the course's reference implementation"),
     **dict.fromkeys(["torch", "torchvision", "tensorflow", "keras", "jax", "jaxlib", "flax", "mxnet",
                      "paddle"], _FRAMEWORK),
-    "importlib": (IMPORT, "the import system: finders, loaders, reloads"),
+    "importlib": (IMPORT, "the import system (finders, loaders, reloads)"),
     **dict.fromkeys(["pkgutil", "runpy", "zipimport", "imp"], (IMPORT, "loads modules and files as code")),
     "site": (IMPORT, "adds folders to sys.path"),
     "inspect": (FRAME, "reads callers' frames, locals and source"),
@@ -129,9 +134,10 @@ MODULES = {
                      "xmlrpc", "websocket"], (REACH, "the network")),
     "fcntl": (REACH, "file-descriptor control (ioctl)"),
     **dict.fromkeys(["termios", "tty"], (REACH, "terminal control (TIOCSTI types into the grader's terminal)")),
-    **dict.fromkeys(["IPython", "ipykernel", "jupyter_client", "zmq"],
-                    (DISPLAY, "the kernel's machinery: hooks, outputs, messages")),
-    "IPython.display": None,                       # display(), Markdown, HTML: honest notebooks use them
+    **dict.fromkeys(["IPython.core", "IPython.terminal", "IPython.kernel", "ipykernel", "jupyter_client", "zmq"],
+                    (DISPLAY, "the kernel's machinery (hooks, outputs, messages)")),
+    "IPython": None,              # IPython.display (display, Markdown, HTML): honest notebooks use it;
+                                  # IPython.get_ipython is a name rule
 }
 
 _PATH_CHANGE = (IMPORT, "a folder first on sys.path can shadow any module, bnref.grading included")
@@ -143,12 +149,12 @@ NAMES = {
     **dict.fromkeys(["sys.displayhook", "sys.__displayhook__"],
                     (DISPLAY, "writes an execute_result, which stock nbgrader reads as a score")),
     **dict.fromkeys(["sys.excepthook", "sys.__excepthook__"], (DISPLAY, "decides how errors are shown")),
-    "get_ipython": (DISPLAY, "the IPython shell: its hooks can rewrite later cells or hide their errors"),
-    "IPython.get_ipython": (DISPLAY, "the IPython shell: its hooks can rewrite later cells or hide their errors"),
+    **dict.fromkeys(["get_ipython", "IPython.get_ipython"],
+                    (DISPLAY, "the IPython shell, whose hooks can rewrite later cells or hide their errors")),
     "IPython.display.publish_display_data": (DISPLAY, "publishes a raw output bundle"),
     **dict.fromkeys(["sys.meta_path", "sys.path_hooks", "sys.path_importer_cache"],
                     (IMPORT, "import-system finders can serve a fake module")),
-    "sys.modules": (IMPORT, "the table of loaded modules: an entry there is what `import` returns"),
+    "sys.modules": (IMPORT, "the table of loaded modules, whose entries are what `import` returns"),
     **dict.fromkeys([f"sys.path.{m}" for m in ("insert", "append", "extend", "remove", "pop", "clear",
                                                 "reverse", "sort", "__setitem__", "__iadd__")], _PATH_CHANGE),
     "__import__": (IMPORT, "imports a module by a name computed at run time"),
@@ -171,8 +177,8 @@ NAMES = {
     "compile": (DYNAMIC, "compiles code from a string"),
     "vars": (DYNAMIC, "reads a namespace as a dict"),
     "__builtins__": (DYNAMIC, "the built-ins every cell and check shares"),
-    "chr": (DYNAMIC, "builds text character by character: names a reader would not see"),
-    "bytes.fromhex": (DYNAMIC, "builds bytes from hex: text a reader would not see"),
+    "chr": (DYNAMIC, "builds text character by character, hiding names from a reader"),
+    "bytes.fromhex": (DYNAMIC, "builds bytes from hex, hiding text from a reader"),
     **dict.fromkeys(["types.CodeType", "types.FunctionType"], (DYNAMIC, "builds code objects")),
     **dict.fromkeys(["os.environ", "os.environb", "os.getenv", "os.putenv", "os.unsetenv"],
                     (REACH, "the grader's environment (its secrets, its paths)")),
@@ -193,29 +199,30 @@ STORE_NAMES = {"sys.path": _PATH_CHANGE}
 # Attribute names worth a word whatever they hang on: `ip = get_ipython(); ip.display_pub`.
 ATTRIBUTES = {
     **dict.fromkeys(["display_pub", "displayhook", "display_trap", "display_formatter", "write_output_prompt"],
-                    (DISPLAY, "IPython's output machinery: it can publish a result no code returned")),
+                    (DISPLAY, "IPython's output machinery, which can publish a result no code returned")),
     **dict.fromkeys(["input_transformers_cleanup", "input_transformers_post", "input_transformer_manager",
                      "ast_transformers", "events", "run_cell", "run_cell_async", "run_code", "run_ast_nodes",
                      "register_magic_function", "register_magics", "set_hook"],
-                    (DISPLAY, "IPython's hooks: they can rewrite or skip the cells that follow")),
+                    (DISPLAY, "IPython's hooks, which can rewrite or skip the cells that follow")),
     **dict.fromkeys(["set_custom_exc", "custom_exceptions", "showtraceback", "_showtraceback"],
-                    (DISPLAY, "IPython's error handling: it can hide a failing cell's error")),
+                    (DISPLAY, "IPython's error handling, which can hide a failing cell's error")),
     **dict.fromkeys(["user_ns", "user_global_ns"], (DISPLAY, "the kernel's namespace as a dict")),
     **dict.fromkeys(["f_back", "f_locals", "f_globals", "f_builtins", "f_trace", "tb_frame", "tb_next",
-                     "gi_frame", "cr_frame", "ag_frame"], (FRAME, "walks frames: other code's variables")),
+                     "gi_frame", "cr_frame", "ag_frame"], (FRAME, "walks frames to other code's variables")),
     **dict.fromkeys(["__dict__", "__code__", "__globals__", "__closure__", "__builtins__", "__subclasses__",
                      "__bases__", "__base__", "__mro__", "__loader__", "__spec__", "__defaults__",
                      "__kwdefaults__", "__getattribute__", "__setattr__", "__delattr__"],
-                    (DYNAMIC, "interpreter internals: other code's namespaces and functions")),
+                    (DYNAMIC, "interpreter internals (other code's namespaces and functions)")),
 }
 
 # Functions whose arguments are paths: there even '/', '..' and '~' mean "outside".
 PATH_FUNCTIONS = {"open", "io.open", "os.open", "os.walk", "os.listdir", "os.scandir", "os.chdir", "os.stat",
-                  "os.path.join", "os.path.abspath", "os.path.realpath", "os.path.expanduser", "os.path.exists",
+                  "os.path.join", "os.path.abspath", "os.path.realpath", "os.path.exists",
                   "os.path.isdir", "os.path.isfile", "os.makedirs", "os.mkdir", "glob.glob", "glob.iglob",
                   "pathlib.Path", "shutil.rmtree", "shutil.copytree", "shutil.copy", "shutil.copyfile"}
 ROOTS = {"/", "..", "~", "../", "~/"}
-FAR_PATH = re.compile(r"^(/[\w.*~-]|~[\w/]|\.\./)|/\.\.(/|$)|^[a-z][\w+.-]*://", re.IGNORECASE)
+FAR_PATH = re.compile(r"^(/[\w.*~-]|~[\w/]|\.\./)|/\.\.(/|$)")
+URL = re.compile(r"^[a-z][\w+.-]*://", re.IGNORECASE)
 PROC_PATH = re.compile(r"(^|/)proc(/|$)")
 PYTHON_FILE = re.compile(r"\.(py|pyc|pyw|pth)\b")
 BNREF = re.compile(r"\bbnref\b")
@@ -242,10 +249,11 @@ PYTHON_MAGICS = {"timeit", "time", "prun", "capture"}
 HARMLESS_MAGICS = {"matplotlib", "precision", "pprint", "who", "whos", "who_ls", "lsmagic", "magic", "pinfo",
                    "pinfo2", "pdef", "pdoc", "psearch", "quickref", "xmode", "colors", "reset", "reset_selective",
                    "history", "hist", "debug", "pdb", "tb", "doctest_mode", "automagic", "autocall", "pwd",
-                   "clear", "dirs", "autoreload", "page"}
+                   "clear", "dirs", "autoreload", "page", "xdel"}
 MAGICS = {
     **dict.fromkeys(["sx", "system", "bash", "sh", "script", "perl", "ruby", "python", "python2", "python3",
                      "pypy", "alias", "rehashx", "killbgscripts"], _SHELL),
+    **dict.fromkeys(["pip", "conda", "mamba"], (PROCESS, "installs packages")),
     **dict.fromkeys(["run", "load", "loadpy", "load_ext", "reload_ext", "aimport"],
                     (IMPORT, "loads a file or module as code")),
     "macro": (DYNAMIC, "defines code from text"),
@@ -257,7 +265,8 @@ MAGICS = {
 }
 # Shell commands that only look something up (`!ls`, `!nvidia-smi`).
 SAFE_COMMANDS = {"ls", "pwd", "echo", "nvidia-smi", "lscpu", "nproc", "free", "df", "du", "date", "whoami",
-                 "hostname", "uname", "head", "tail", "wc", "cat", "which", "true"}
+                 "hostname", "uname", "head", "tail", "wc", "cat", "which", "true", "grep", "sort", "uniq",
+                 "file", "tree", "stat", "md5sum", "sha256sum"}
 
 _transformer = None
 
@@ -282,6 +291,8 @@ def _parse(src):
         return None, (e.lineno or 1, e.msg)
     except ValueError as e:                     # e.g. a null byte in the source
         return None, (1, str(e))
+    except (RecursionError, MemoryError):       # nesting deep enough to stop a parser: deliberate
+        return None, (1, "nested too deeply to read")
 
 
 def _imports(tree):
@@ -311,6 +322,9 @@ def _module_rule(dotted):
     return None
 
 
+_PATTERNS = [(pattern, rule) for pattern, rule in NAMES.items() if "*" in pattern]
+
+
 def _name_rule(qual):
     """What NAMES says about a qualified name (its longest listed prefix, '*' patterns included)."""
     parts = qual.split(".")
@@ -318,8 +332,8 @@ def _name_rule(qual):
         prefix = ".".join(parts[:n])
         if prefix in NAMES:
             return NAMES[prefix]
-        for pattern, rule in NAMES.items():
-            if "*" in pattern and pattern.count(".") == n - 1 and fnmatchcase(prefix, pattern):
+        for pattern, rule in _PATTERNS:
+            if pattern.count(".") == n - 1 and fnmatchcase(prefix, pattern):
                 return rule
     return None
 
@@ -335,8 +349,8 @@ def _const_int(node):
         a, b = _const_int(node.left), _const_int(node.right)
         if a is None or b is None:
             return None
-        if isinstance(node.op, (ast.Pow, ast.LShift)) and b > 256:
-            return 1 << 256                      # no need to compute it: it is huge
+        if isinstance(node.op, (ast.Pow, ast.LShift)) and (b > 256 or a.bit_length() * b > 4096):
+            return 1 << 256                      # huge: no need to compute it (nor to let it fill memory)
         ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
                ast.LShift: lambda: a << b if b >= 0 else None, ast.Pow: lambda: a ** b if b >= 0 else None,
                ast.FloorDiv: lambda: a // b if b else None}
@@ -352,6 +366,10 @@ def _big(node):
         if v is not None and v >= BIG:
             return v
     return None
+
+
+def _size(n):
+    return f"{n:,}" if n < 10 ** 15 else f"2**{n.bit_length() - 1} or more"
 
 
 def _returns_constant(fn):
@@ -383,8 +401,9 @@ def _strip_options(args):
 
 
 # ---------------------------------------------------------------- strings and shell lines
-def _text_findings(text):
-    """``[(class, message)]`` for what a string in the code names."""
+def _text_findings(text, tail=False):
+    """``[(class, message)]`` for what a string in the code names (``tail``: it is appended to
+    another string, so a leading '/' does not make it absolute)."""
     out, shown = [], repr(text if len(text) <= 60 else text[:57] + "...")
     if "gradebook" in text.lower():
         out.append((DATABASE, f"names the gradebook: {shown}"))
@@ -393,9 +412,12 @@ def _text_findings(text):
     if BNREF.search(text):
         out.append((IMPORT, f"names bnref in a string (code, a module or a package path): {shown}"))
     if PYTHON_FILE.search(text):
-        out.append((IMPORT, f"names a Python file (written, it is importable; read, it is someone's code): {shown}"))
-    if FAR_PATH.search(text):
+        out.append((IMPORT, f"names a Python file (written, it is importable; read, it is someone's code): "
+                            f"{shown}"))
+    if FAR_PATH.search(text.lstrip("/") if tail else text):
         out.append((REACH, f"a path outside the working folder: {shown}"))
+    if URL.search(text):
+        out.append((REACH, f"a URL: {shown}"))
     return out
 
 
@@ -427,12 +449,13 @@ def _shell_findings(cmd):
 class _Scanner(ast.NodeVisitor):
     """Collects ``(line, class, message)`` for one parsed cell."""
 
-    def __init__(self, aliases, docstrings, offset=0):
-        self.aliases, self.docstrings, self.offset = aliases, docstrings, offset
-        self.found, self.seen = set(), set()
+    def __init__(self, aliases, docstrings):
+        self.aliases, self.docstrings = aliases, docstrings
+        self.found, self.seen, self.reported = set(), set(), set()
+        self.tails = set()          # ids of strings appended to a path: '/x' in `d + '/x'` is not absolute
 
     def add(self, node, kind, message):
-        self.found.add((self.offset + getattr(node, "lineno", 1), kind, message))
+        self.found.add((getattr(node, "lineno", 1), kind, message))
 
     def qual(self, node):
         """The dotted name a Name/Attribute chain stands for, imports resolved (``np.x`` -> ``numpy.x``)."""
@@ -443,7 +466,9 @@ class _Scanner(ast.NodeVisitor):
             return base and f"{base}.{node.attr}"
         return None
 
-    def chain_base(self, node):
+    @staticmethod
+    def chain_base(node):
+        """The Name under ``a.b[c].d`` (or whatever is there instead)."""
         while isinstance(node, (ast.Attribute, ast.Subscript)):
             node = node.value
         return node
@@ -461,7 +486,8 @@ class _Scanner(ast.NodeVisitor):
             return
         rule = _name_rule(qual) or (STORE_NAMES.get(qual) if verb == "assigns to" else None)
         if rule:
-            self.add(node, rule[0], f"{verb} {qual}: {rule[1]}")
+            self.add(node, rule[0], f"{verb} {qual}{'()' if verb == 'calls' else ''}: {rule[1]}")
+            self.reported.add(id(node))
         n = node
         while isinstance(n, ast.Attribute):      # the inner links of the chain are the same finding
             self.seen.add(id(n))
@@ -490,27 +516,25 @@ class _Scanner(ast.NodeVisitor):
         self.check_name(node, "assigns to" if isinstance(node.ctx, (ast.Store, ast.Del)) else "uses")
 
     def visit_Attribute(self, node):
-        rule = ATTRIBUTES.get(node.attr)
-        if rule:
-            self.add(node, rule[0], f"uses .{node.attr}: {rule[1]}")
         self.check_name(node, "assigns to" if isinstance(node.ctx, (ast.Store, ast.Del)) else "uses")
+        rule = ATTRIBUTES.get(node.attr)
+        if rule and id(node) not in self.reported:       # `sys.displayhook` is said once, by its name
+            self.add(node, rule[0], f"uses .{node.attr}: {rule[1]}")
         self.generic_visit(node)
 
     def visit_Subscript(self, node):
         if isinstance(node.ctx, (ast.Store, ast.Del)) and self.qual(node.value) == "sys.path":
             self.add(node, _PATH_CHANGE[0], f"assigns to sys.path[...]: {_PATH_CHANGE[1]}")
         if isinstance(node.value, ast.Call) and self.qual(node.value.func) in ("globals", "locals"):
-            self.add(node, DYNAMIC, f"indexes {self.qual(node.value.func)}() by name: variables looked up from strings")
+            self.add(node, DYNAMIC, f"indexes {self.qual(node.value.func)}() by name: variables looked up "
+                                    "from strings")
         self.generic_visit(node)
 
     # -------------------------------------------------------------- assignments: monkeypatching
-    def targets(self, node):
-        if isinstance(node, ast.Assign):
-            todo = list(node.targets)
-        elif isinstance(node, ast.Delete):
-            todo = list(node.targets)
-        else:
-            todo = [node.target]
+    @staticmethod
+    def targets(node):
+        """The names, attributes and items an assignment or ``del`` writes, tuples unpacked."""
+        todo = list(node.targets) if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
         while todo:
             t = todo.pop()
             if isinstance(t, (ast.Tuple, ast.List)):
@@ -525,9 +549,9 @@ class _Scanner(ast.NodeVisitor):
             # an attribute of a module, not an item: `np.allclose = f` replaces NumPy's function for
             # everyone; `plt.rcParams['x'] = v` only sets a value (sys.path/modules items are their own rules)
             if isinstance(t, ast.Attribute) and self.is_module(self.chain_base(t)):
-                verb = "deletes" if isinstance(node, ast.Delete) else "assigns to"
-                self.add(node, PATCH, f"{verb} {ast.unparse(t)}: replaces part of the module "
-                                      f"{self.qual(self.chain_base(t))} for every later cell")
+                verb, does = ("deletes", "removes") if isinstance(node, ast.Delete) else ("assigns to", "replaces")
+                self.add(node, PATCH, f"{verb} {ast.unparse(t)}: {does} {self.qual(t) or ast.unparse(t)} "
+                                      "for every later cell")
         self.generic_visit(node)
 
     visit_AugAssign = visit_AnnAssign = visit_Delete = visit_Assign
@@ -555,7 +579,7 @@ class _Scanner(ast.NodeVisitor):
         if qual in ("os.write", "os.read") and node.args and not (
                 isinstance(node.args[0], ast.Constant) and node.args[0].value in (0, 1, 2)):
             self.add(node, REACH, f"{qual}({ast.unparse(node.args[0])}, ...): {_FDS[1]}")
-        if qual in PATH_FUNCTIONS or (qual and qual.endswith(".Path") and qual.startswith("pathlib")):
+        if qual in PATH_FUNCTIONS:
             for a in node.args:
                 if isinstance(a, ast.Constant) and a.value in ROOTS:
                     self.add(node, REACH, f"{qual}({a.value!r}): reaches outside the working folder")
@@ -572,6 +596,11 @@ class _Scanner(ast.NodeVisitor):
             self.add(node, DYNAMIC, f"{fn}() with a name computed at run time ({ast.unparse(name)})")
         elif name.value in ATTRIBUTES:
             self.add(node, ATTRIBUTES[name.value][0], f"{fn}(..., {name.value!r}): {ATTRIBUTES[name.value][1]}")
+        else:                       # getattr(os, 'system') is os.system
+            base = self.qual(node.args[0])
+            rule = _name_rule(f"{base}.{name.value}") if base else None
+            if rule:
+                self.add(node, rule[0], f"{fn}() reaches {base}.{name.value}: {rule[1]}")
         if fn != "getattr" and self.is_module(self.chain_base(node.args[0])):
             self.add(node, PATCH, f"{fn}() on the module {self.qual(self.chain_base(node.args[0]))}: "
                                   "replaces part of it for every later cell")
@@ -584,17 +613,19 @@ class _Scanner(ast.NodeVisitor):
         for a in args:
             v = _big(a)
             if v is not None:
-                self.add(node, RESOURCE, f"{last}() of size {v:,}: more memory or time than any test needs")
+                self.add(node, RESOURCE, f"{last}() of size {_size(v)}: more memory or time than any test needs")
                 return
 
     def visit_BinOp(self, node):
+        if isinstance(node.op, ast.Add) and isinstance(node.right, ast.Constant):
+            self.tails.add(id(node.right))
         if isinstance(node.op, ast.Mult):
             for seq, n in ((node.left, node.right), (node.right, node.left)):
                 literal = isinstance(seq, (ast.List, ast.Tuple)) or (
                     isinstance(seq, ast.Constant) and isinstance(seq.value, (str, bytes)))
                 v = _const_int(n) if literal else None
                 if v is not None and v >= BIG:
-                    self.add(node, RESOURCE, f"a sequence repeated {v:,} times: floods memory or the output")
+                    self.add(node, RESOURCE, f"a sequence repeated {_size(v)} times: floods memory or the output")
         self.generic_visit(node)
 
     def visit_While(self, node):
@@ -637,14 +668,15 @@ class _Scanner(ast.NodeVisitor):
             self.add(where, OVERLOAD, f"{cls.name}.{name}: takes over NumPy's operations on these objects")
         elif name in COMPARISONS and isinstance(value, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) \
                 and _returns_constant(value):
-            self.add(where, OVERLOAD, f"{cls.name}.{name} always returns a constant: it can claim to match anything")
+            self.add(where, OVERLOAD, f"{cls.name}.{name} always returns a constant: it can claim to match "
+                                      "anything")
 
     # -------------------------------------------------------------- strings
     def visit_Constant(self, node):
         if id(node) in self.docstrings or not isinstance(node.value, (str, bytes)):
             return
         text = node.value if isinstance(node.value, str) else node.value.decode("latin-1")
-        for kind, message in _text_findings(text):
+        for kind, message in _text_findings(text, tail=id(node) in self.tails):
             self.add(node, kind, message)
 
     def visit_JoinedStr(self, node):
@@ -665,7 +697,8 @@ class _Scanner(ast.NodeVisitor):
         if (isinstance(f, ast.Attribute) and f.attr in ("run_line_magic", "run_cell_magic", "system", "getoutput")
                 and isinstance(f.value, ast.Call) and isinstance(f.value.func, ast.Name)
                 and f.value.func.id == "get_ipython" and not f.value.args and not node.keywords
-                and node.args and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)):
+                and node.args
+                and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)):
             return f.attr, [a.value for a in node.args]
         return None
 
@@ -682,7 +715,7 @@ class _Scanner(ast.NodeVisitor):
         elif name == "ls":
             for k, message in _shell_findings(f"ls {line}"):
                 self.add(node, k, message)
-        elif name in HARMLESS_MAGICS or (name == "load_ext" and line.strip() == "autoreload") or (
+        elif name in HARMLESS_MAGICS or (name in ("load_ext", "reload_ext") and line.strip() == "autoreload") or (
                 name == "config" and line.strip().startswith("InlineBackend")):
             pass
         elif name in ("bash", "sh", "script", "system", "sx") and body is not None:
@@ -701,7 +734,7 @@ class _Scanner(ast.NodeVisitor):
         """Scan the Python inside a magic (``%timeit expr``, a ``%%time`` body) as part of this cell."""
         for line, kind, message in audit_source(src, self.aliases):
             # a cell magic's body starts on the line after the magic; a line magic's argument is on it
-            self.found.add((self.offset + node.lineno + line - (0 if cell else 1), kind, message))
+            self.found.add((node.lineno + line - (0 if cell else 1), kind, message))
 
 
 def audit_source(src, modules=None):
@@ -715,7 +748,10 @@ def audit_source(src, modules=None):
     if tree is None:
         return [(error[0], UNPARSED, f"does not parse ({error[1]}); read it")]
     scanner = _Scanner({**(modules or {}), **_imports(tree)}, _docstrings(tree))
-    scanner.visit(tree)
+    try:
+        scanner.visit(tree)
+    except RecursionError:
+        return [(1, UNPARSED, "nested too deeply to scan; read it")]
     return sorted(scanner.found)
 
 
@@ -741,8 +777,13 @@ class Finding:
 
 
 def _nbgrader(cell):
-    md = cell.get("metadata", {}).get("nbgrader")
-    return md if isinstance(md, dict) else {}
+    """A cell's nbgrader metadata, {} when absent or malformed (a tampered notebook may hold anything)."""
+    md = cell.get("metadata")
+    md = md.get("nbgrader") if isinstance(md, dict) else None
+    if not isinstance(md, dict):
+        return {}
+    gid = md.get("grade_id")
+    return {**md, "grade_id": gid if isinstance(gid, str) or gid is None else repr(gid)}
 
 
 def _is_test(cell):
@@ -802,7 +843,8 @@ def _tampering(path, cells, release):
     for i, cell in enumerate(cells):
         md = _nbgrader(cell)
         if md:
-            ids[md.get("grade_id")] += 1
+            if md.get("grade_id") is not None:
+                ids[md.get("grade_id")] += 1
             out += [Finding(path, i, None, TAMPERED, m)
                     for m in _cell_claims(cell, md, ids[md.get("grade_id")], release, released)]
     for gid in (release[0] if release else {}):
@@ -821,8 +863,8 @@ def _cell_claims(cell, md, nth, release, released):
     if release is not None:
         tests, graded = release
         if md.get("grade") and gid not in graded:
-            out.append(f"claims {md.get('points', '?')} points as grade_id {gid!r}, which is no test cell "
-                       "of the release")
+            out.append(f"claims {md.get('points', '?')} points as grade_id {gid!r}, which the release "
+                       "does not grade")
         elif gid in tests and cell.get("cell_type") != "code":
             out.append(f"test cell {gid!r} was turned into a {cell.get('cell_type')} cell")
         elif gid in tests and nth == 1 and _source(cell).rstrip() != tests[gid].rstrip():
@@ -861,10 +903,7 @@ def audit_notebook(path, release=None):
         cells = _read(path)
     except (OSError, ValueError) as e:
         return [Finding(path, None, None, UNPARSED, f"is not a readable notebook ({e}); read it")]
-    try:
-        known = _release(release) if release else None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"the release notebook {release} is not readable: {e}") from None
+    known = _release(release) if release else None       # OSError, ValueError: the caller's to report
     released = any("checksum" in _nbgrader(c) for c in cells)
     out = _tampering(path, cells, known)
     tests = known[0] if known else None
@@ -914,7 +953,8 @@ def _walk(root):
                 notebooks.append(full)
             else:
                 why = ("a Python file beside the notebook: an import can pick it up instead of the real module"
-                       if PYTHON_FILE.search(f) else "not a notebook: nbgrader copies it beside the notebook; read it")
+                       if PYTHON_FILE.search(f) else
+                       "not a notebook: nbgrader copies it beside the notebook; read it")
                 out.append(Finding(full, None, None, EXTRA_FILE, why))
     return notebooks, out
 
@@ -943,12 +983,22 @@ def audit_paths(paths, release=None, notes=None):
             out += extra
         else:
             notebooks.append(p)
+    notes = [] if notes is None else notes
     for nb in notebooks:
         rel = _find_release(release, nb) if release else None
-        if release and rel is None and notes is not None:
+        if release and rel is None:
             notes.append(f"{nb}: no release notebook in {release}; compared with nbgrader's checksums only")
-        out += audit_notebook(nb, rel)
+        try:
+            out += audit_notebook(nb, rel)
+        except (OSError, ValueError) as e:
+            notes.append(f"{nb}: the release notebook {rel} is not readable ({e}); compared with nbgrader's "
+                         "checksums only")
+            out += audit_notebook(nb)
     return sorted(out, key=Finding.key), len(notebooks)
+
+
+def _count(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def main(argv=None):
@@ -973,8 +1023,8 @@ def main(argv=None):
         print(f"note: {note}", file=sys.stderr)
     per_class = Counter(f.kind for f in findings)
     summary = ", ".join(f"{per_class[k]} {k}" for k in CLASSES if per_class[k])
-    print(f"{len(findings)} finding(s) in {count} notebook(s)" + (f": {summary}" if summary else ""),
-          file=sys.stderr)
+    print(f"{_count(len(findings), 'finding')} in {_count(count, 'notebook')}"
+          + (f": {summary}" if summary else ""), file=sys.stderr)
     return 1 if args.strict and findings else 0
 
 
