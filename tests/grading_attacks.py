@@ -365,3 +365,59 @@ HONEST = {
         "def _helper_mean(x):\n    return x.mean(axis=0)\n"],
     "scratch_cell_that_exits": ["import os\nos._exit(0)\n"],
 }
+
+
+def _answer_table():
+    """A learner's table of bnref's outputs for every input the visible test cells use.
+
+    The visible inputs are fixed (the learner sees them in their kernel) and the cases are
+    public, so anyone can compute this at home. Returns the source of three functions that
+    look the inputs up and never compute anything.
+    """
+    import hashlib
+
+    import numpy as np
+
+    import bnref
+    from bnref.grading.exercise import _rng_factory
+    from bnref.grading.exercises import EXERCISES
+
+    def key(*arrays):
+        return hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()
+
+    table = {}
+    rng = _rng_factory(0)
+    for name in FUNCS:
+        for case in EXERCISES[name].cases.values():
+            if case.hidden:
+                continue
+            for t in case.build(rng):
+                eps = t.get("eps", 1e-5)
+                if name == "batchnorm_forward":
+                    out = bnref.batchnorm_forward(t["x"], t["gamma"], t["beta"], eps=eps)[0]
+                    table[key(t["x"], t["gamma"], t["beta"])] = [out.tolist()]
+                elif name == "batchnorm_inference":
+                    out = bnref.batchnorm_inference(t["x"], t["gamma"], t["beta"], t["running_mean"],
+                                                    t["running_var"], eps=eps)
+                    table[key(t["x"], t["gamma"], t["beta"], t["running_mean"], t["running_var"])] = [out.tolist()]
+                else:
+                    rm, rv = t["running_mean"], t["running_var"]
+                    for x in t["xs"]:
+                        new = bnref.running_stats_update(rm, rv, x, momentum=t.get("momentum", 0.1), axis=1)
+                        table[key(rm, rv, x)] = [a.tolist() for a in new]
+                        rm, rv = (a.astype(rm.dtype) for a in new)
+    return (f"import hashlib\nimport numpy as np\nTABLE = {table!r}\n"
+            "def _look_up(*arrays):\n"
+            "    k = hashlib.sha1(b''.join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()\n"
+            "    return [np.array(v, dtype=arrays[0].dtype) for v in TABLE[k]]\n"
+            "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n"
+            "    return _look_up(x, gamma, beta)[0], None\n"
+            "def running_stats_update(running_mean, running_var, x, momentum=0.1):\n"
+            "    return tuple(_look_up(running_mean, running_var, x))\n"
+            "def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):\n"
+            "    return _look_up(x, gamma, beta, running_mean, running_var)[0]\n")
+
+
+ATTACKS["answers_looked_up_from_a_table"] = Attack(
+    "return bnref's outputs for the visible tests' inputs, looked up in a table computed at home",
+    answers=dict.fromkeys(FUNCS, _answer_table()))

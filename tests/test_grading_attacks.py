@@ -243,7 +243,8 @@ def test_the_feedback_shows_each_tests_diagnosis(attacked):
 STOCK_SAFE = ["execute_result_then_raise", "display_publish", "fake_grading_module_finder",
               "bnref_package_written_by_a_cell", "bnref_package_shipped_in_the_submission",
               "input_transformer_empties_test_cells", "custom_exception_handler", "bnref_in_a_thread",
-              "run_the_instructors_solutions", "patch_numpy_comparisons", "gradebook_zeroes_other_students"]
+              "run_the_instructors_solutions", "patch_numpy_comparisons", "answers_looked_up_from_a_table",
+              "gradebook_zeroes_other_students"]
 STOCK_CONFIG = """
 from nbgrader.preprocessors import Execute, IgnorePattern, LimitOutput, SaveAutoGrades, AssignLatePenalties
 from nbgrader.preprocessors import CheckCellMetadata, ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells
@@ -281,7 +282,9 @@ def test_the_attacks_work_against_stock_nbgrader(stock, attacked):
     before, after = stock
     assert before["aaa_bystander"][0] == FULL
     won = sorted(name for name in STOCK_SAFE if name in before and before[name][0] > 0)
-    assert len(won) >= 5, f"only {won} got marks under stock nbgrader"
+    print(f"\nunder stock nbgrader: {', '.join(f'{n} {before[n][0]:g}/{FULL}' for n in won)}")
+    assert "answers_looked_up_from_a_table" in won
+    assert len(won) >= 4, f"only {won} got marks under stock nbgrader"
     assert after["aaa_bystander"][0] == 0, "the gradebook attack did not reach the stock grader's bystander"
     for name in won:                                 # ... and all of them get 0 in the sandbox
         assert attacked["after_run"][name][0] == 0

@@ -22,6 +22,9 @@ from test_grading_attacks import HONEST_ANSWERS, PS, _attack_notebook, _honest_n
 
 # attack -> the classes it must be listed under (each one at least once)
 EXPECTED = {
+    # Looks like honest code (a table and a hash): the audit cannot tell; what defeats it is
+    # that the grader draws fresh inputs for every case, visible ones included.
+    "answers_looked_up_from_a_table": set(),
     "execute_result_then_raise": {DISPLAY},
     "display_publish": {DISPLAY},
     "fake_grading_module_finder": {IMPORT, DYNAMIC},
