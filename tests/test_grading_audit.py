@@ -473,3 +473,14 @@ def test_the_cli_refuses_a_path_that_does_not_exist(tmp_path):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "nowhere")])
     assert e.value.code == 2
+
+
+def test_nbgraders_own_files_in_a_submission_are_not_findings(tmp_path):
+    folder = tmp_path / "submitted" / "jane_doe" / "ps1_forward"
+    folder.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(), str(folder / "batchnorm_forward.ipynb"))
+    (folder / "timestamp.txt").write_text("2026-03-01 23:59:59")
+    (folder / "submission_secret.txt").write_text("x")
+    (folder / "notes.txt").write_text("x")
+    findings, _ = audit_paths([str(tmp_path / "submitted")])
+    assert [Path(f.path).name for f in findings] == ["notes.txt"]

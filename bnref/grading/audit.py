@@ -932,6 +932,10 @@ def _holds_notebook(folder):
     return any(p.suffix == ".ipynb" and ".ipynb_checkpoints" not in p.parts for p in Path(folder).rglob("*"))
 
 
+# Files that nbgrader itself puts in a submission folder.
+NBGRADER_FILES = {"timestamp.txt", "submission_secret.txt"}
+
+
 def _walk(root):
     """(notebooks, findings for every other file and for stray folders) below ``root``."""
     notebooks, out, stray = [], [], []
@@ -951,6 +955,8 @@ def _walk(root):
                 out.append(Finding(full, None, None, EXTRA_FILE, f"a symbolic link to {os.readlink(full)}"))
             elif f.endswith(".ipynb"):
                 notebooks.append(full)
+            elif f in NBGRADER_FILES and _in_submission(dirpath + os.sep + "x"):
+                continue                          # written by nbgrader's submit and zip_collect
             else:
                 why = ("a Python file beside the notebook: an import can pick it up instead of the real module"
                        if PYTHON_FILE.search(f) else

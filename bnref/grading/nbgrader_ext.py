@@ -178,7 +178,7 @@ class SandboxedGrading(NbGraderPreprocessor):
         config = self.session_config()
         cells, tests, idx = _extract(nb, spec)
         key = _key(cells, tests, config)
-        pool = _Pool.of(self, config)
+        pool = _Pool.of(self, config, (info["assignment"], info["student"]))
         graded, seconds = pool.result(info["assignment"], info["student"], info["notebook"], key,
                                       lambda: grade(cells, tests, config))
         _write(nb, graded, idx, spec)
@@ -237,16 +237,16 @@ class _Pool:
     """The submissions of one ``nbgrader autograde`` run, graded ``jobs`` at a time."""
 
     @classmethod
-    def of(cls, preprocessor, config):
+    def of(cls, preprocessor, config, current):
         converter = getattr(getattr(preprocessor, "parent", None), "parent", None)
         pool = getattr(converter, "_bnref_pool", None)
         if pool is None:
-            pool = cls(preprocessor, converter, config)
+            pool = cls(preprocessor, converter, config, current)
             if converter is not None:
                 converter._bnref_pool = pool
         return pool
 
-    def __init__(self, preprocessor, converter, config):
+    def __init__(self, preprocessor, converter, config, current):
         self.log, self.config = preprocessor.log, config
         self.futures, self.done, self.lock = {}, 0, threading.Lock()
         self.unavailable = None
@@ -257,17 +257,22 @@ class _Pool:
                 self.log.error("%s", e)
                 self.unavailable, self.total = e, 1
                 return
-        todo = self._todo(converter) if converter is not None else []
+        todo = self._todo(converter, current) if converter is not None else []
         self.total = max(len(todo), 1)
         if todo and config.jobs > 1:
             self.executor = ThreadPoolExecutor(config.jobs, thread_name_prefix="bnref-grade")
-            self.log.info("Grading %d notebooks, %d at a time, each in its own sandbox", len(todo), config.jobs)
+            self.log.info("Grading %d notebooks, %d at a time%s", len(todo), config.jobs,
+                          ", each in its own sandbox" if config.sandbox == "bwrap" else ", WITHOUT a sandbox")
             for assignment, student, notebook, path, spec in todo:
                 self.futures[(assignment, student, notebook)] = self.executor.submit(self._ahead, path, spec)
 
     @staticmethod
-    def _todo(converter):
-        """(assignment, student, notebook, path, spec) that this run will grade, in nbgrader's order."""
+    def _todo(converter, current):
+        """(assignment, student, notebook, path, spec) that this run will grade, in nbgrader's order.
+
+        ``current`` (assignment, student) is being graded now: nbgrader has already made its
+        destination folder.
+        """
         cd = converter.coursedir
         # submitted/<student>/<assignment>: the folders nbgrader found when the run started
         regexp = cd.format_path(cd.submitted_directory, "(?P<student_id>.*)", "(?P<assignment_id>.*)", escape=True)
@@ -279,7 +284,7 @@ class _Pool:
                 continue
             assignment, student = m.group("assignment_id"), m.group("student_id")
             dest = os.path.normpath(cd.format_path(cd.autograded_directory, student, assignment))
-            if os.path.exists(dest) and not converter.force:
+            if os.path.exists(dest) and not converter.force and (assignment, student) != current:
                 continue                      # nbgrader will skip it (or regrade it inline)
             for path in sorted(converter.assignments[folder]):
                 notebook = os.path.splitext(os.path.basename(path))[0]
