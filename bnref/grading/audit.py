@@ -791,6 +791,12 @@ def _is_test(cell):
     return cell.get("cell_type") == "code" and bool(md.get("grade")) and not md.get("solution")
 
 
+def _is_restored(cell):
+    """A test cell or a read-only instructor cell (the install cell): graded from the gradebook's copy."""
+    md = _nbgrader(cell)
+    return _is_test(cell) or (cell.get("cell_type") == "code" and bool(md.get("locked")) and not md.get("solution"))
+
+
 def _source(cell):
     src = cell.get("source", "")
     return "".join(src) if isinstance(src, list) else src if isinstance(src, str) else ""
@@ -831,7 +837,7 @@ def _release(release_path):
     """``(test cells {grade_id: source}, graded ids)`` of a release notebook; graded ids include the
     manually graded answers, which are grade cells too."""
     cells = _read(release_path)
-    tests = {_nbgrader(c).get("grade_id"): _source(c) for c in cells if _is_test(c)}
+    tests = {_nbgrader(c).get("grade_id"): _source(c) for c in cells if _is_restored(c)}
     return tests, {_nbgrader(c).get("grade_id") for c in cells if _nbgrader(c).get("grade")}
 
 
@@ -881,8 +887,8 @@ def _cell_claims(cell, md, nth, release, released):
 
 
 def _graded_from_the_gradebook(cell, tests, released):
-    """True for a test cell as released: the grader runs the gradebook's copy, never this text."""
-    if not _is_test(cell):
+    """True for a test or read-only cell as released: the grader runs the gradebook's copy, never this text."""
+    if not _is_restored(cell):
         return False
     if tests is not None:
         gid = _nbgrader(cell).get("grade_id")
