@@ -12,7 +12,6 @@ Then it checks what an instructor relies on: the exact scores, an untouched ``su
 and gradebook source cells (also after a pause, for processes that try to outlive grading),
 no process left behind, and feedback that carries no secret of the grader.
 """
-import os
 import re
 import sqlite3
 import subprocess

@@ -23,7 +23,7 @@ from hypothesis import given, settings, strategies as st
 
 from bnref.grading.exercise import LocalExecutor, evaluate
 from bnref.grading.exercises import EXERCISES
-from bnref.grading.runner import UnreadableTestCell, grade, parse_test_cell, to_python
+from bnref.grading.runner import UnreadableTestCell, parse_test_cell, to_python
 from bnref.grading.sandbox import bwrap, wire
 from bnref.grading.sandbox.session import Failure, Session, SessionConfig
 

@@ -32,7 +32,8 @@ import numpy as np
 from .sandbox import wire
 from .sandbox.session import Failure
 
-__all__ = ["Call", "Case", "Diagnosis", "Exercise", "LocalExecutor", "Verdict", "evaluate"]
+__all__ = ["Call", "Case", "Diagnosis", "Exercise", "LocalExecutor", "Verdict", "eps_kwargs", "evaluate",
+           "forward_backward_calls", "forward_call"]
 
 # float64: a right NumPy answer is ~1e-15 away; float32: single-precision rounding
 TOLERANCE = {np.dtype(np.float64): (1e-7, 1e-8), np.dtype(np.float32): (1e-3, 2e-4)}
@@ -65,6 +66,23 @@ class Call:
 
     def __getitem__(self, name):
         return Output(self, name)
+
+
+def eps_kwargs(t):
+    """``{"eps": ...}`` when the trial sets eps, else nothing (the function's default is tested)."""
+    return {"eps": t["eps"]} if "eps" in t else {}
+
+
+def forward_call(t, fn, extra=()):
+    """The call of a forward pass ``fn(x, gamma, beta, *extra, eps=...) -> (out, cache)``."""
+    args = {"x": t["x"], "gamma": t["gamma"], "beta": t["beta"], **{k: t[k] for k in extra}}
+    return Call(fn, args, eps_kwargs(t), returns=("out", "cache"))
+
+
+def forward_backward_calls(t, fwd, bwd):
+    """The learner's forward pass, then their backward pass on its cache: ``bwd(dy, cache)``."""
+    f = forward_call(t, fwd)
+    return [f, Call(bwd, {"dy": t["dy"], "cache": f["cache"]}, returns=("dx", "dgamma", "dbeta"))]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ check runs the learner's ``batchnorm_forward`` and gives its cache to their back
 import bnref
 
 from .. import inputs
-from ..exercise import Call, Exercise
+from ..exercise import Exercise, forward_backward_calls
 from ..mistakes import backward_diagnoses, eps_of, f64
 
 exercise = Exercise("batchnorm_backward", functions=("batchnorm_forward", "batchnorm_backward"),
@@ -16,12 +16,7 @@ exercise = Exercise("batchnorm_backward", functions=("batchnorm_forward", "batch
 
 @exercise.plan
 def plan(t, f):
-    kw = {"eps": t["eps"]} if "eps" in t else {}
-    fwd = Call(f["batchnorm_forward"], {"x": t["x"], "gamma": t["gamma"], "beta": t["beta"]}, kw,
-               returns=("out", "cache"))
-    bwd = Call(f["batchnorm_backward"], {"dy": t["dy"], "cache": fwd["cache"]},
-               returns=("dx", "dgamma", "dbeta"))
-    return [fwd, bwd]
+    return forward_backward_calls(t, f["batchnorm_forward"], f["batchnorm_backward"])
 
 
 @exercise.reference

@@ -5,7 +5,7 @@ Problem sets 1 and 2; (N, D) input, statistics over the batch axis. Graded outpu
 import bnref
 
 from .. import inputs
-from ..exercise import Call, Exercise
+from ..exercise import Exercise, forward_call
 from ..mistakes import eps_of, f64, forward_diagnoses, normalise
 
 exercise = Exercise("batchnorm_forward", functions=("batchnorm_forward",),
@@ -14,9 +14,7 @@ exercise = Exercise("batchnorm_forward", functions=("batchnorm_forward",),
 
 @exercise.plan
 def plan(t, f):
-    kw = {"eps": t["eps"]} if "eps" in t else {}
-    return [Call(f["batchnorm_forward"], {"x": t["x"], "gamma": t["gamma"], "beta": t["beta"]}, kw,
-                 returns=("out", "cache"))]
+    return [forward_call(t, f["batchnorm_forward"])]
 
 
 @exercise.reference

@@ -8,7 +8,7 @@ import numpy as np
 import bnref
 
 from .. import inputs
-from ..exercise import Call, Exercise
+from ..exercise import Exercise, forward_call
 from ..mistakes import EPS, eps_of, f64
 
 exercise = Exercise("groupnorm_forward", functions=("groupnorm_forward",),
@@ -17,9 +17,7 @@ exercise = Exercise("groupnorm_forward", functions=("groupnorm_forward",),
 
 @exercise.plan
 def plan(t, f):
-    kw = {"eps": t["eps"]} if "eps" in t else {}
-    return [Call(f["groupnorm_forward"], {"x": t["x"], "gamma": t["gamma"], "beta": t["beta"], "G": t["G"]},
-                 kw, returns=("out", "cache"))]
+    return [forward_call(t, f["groupnorm_forward"], extra=("G",))]
 
 
 @exercise.reference

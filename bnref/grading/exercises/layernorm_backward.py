@@ -3,12 +3,10 @@
 Problem set 5. The statistics are per row (axis 1), but gamma and beta are shared by every
 example, so dgamma and dbeta sum over the batch (axis 0) and have shape (D,).
 """
-import numpy as np
-
 import bnref
 
 from .. import inputs
-from ..exercise import Call, Exercise
+from ..exercise import Exercise, forward_backward_calls
 from ..mistakes import backward_diagnoses, eps_of, f64, norm_backward
 
 exercise = Exercise("layernorm_backward", functions=("layernorm_forward", "layernorm_backward"),
@@ -17,12 +15,7 @@ exercise = Exercise("layernorm_backward", functions=("layernorm_forward", "layer
 
 @exercise.plan
 def plan(t, f):
-    kw = {"eps": t["eps"]} if "eps" in t else {}
-    fwd = Call(f["layernorm_forward"], {"x": t["x"], "gamma": t["gamma"], "beta": t["beta"]}, kw,
-               returns=("out", "cache"))
-    bwd = Call(f["layernorm_backward"], {"dy": t["dy"], "cache": fwd["cache"]},
-               returns=("dx", "dgamma", "dbeta"))
-    return [fwd, bwd]
+    return forward_backward_calls(t, f["layernorm_forward"], f["layernorm_backward"])
 
 
 @exercise.reference

@@ -6,7 +6,7 @@ the same for any batch size. Graded output: ``out``.
 import bnref
 
 from .. import inputs
-from ..exercise import Call, Exercise
+from ..exercise import Exercise, forward_call
 from ..mistakes import eps_of, f64, forward_diagnoses, normalise
 
 exercise = Exercise("layernorm_forward", functions=("layernorm_forward",),
@@ -15,9 +15,7 @@ exercise = Exercise("layernorm_forward", functions=("layernorm_forward",),
 
 @exercise.plan
 def plan(t, f):
-    kw = {"eps": t["eps"]} if "eps" in t else {}
-    return [Call(f["layernorm_forward"], {"x": t["x"], "gamma": t["gamma"], "beta": t["beta"]}, kw,
-                 returns=("out", "cache"))]
+    return [forward_call(t, f["layernorm_forward"])]
 
 
 @exercise.reference

@@ -6,7 +6,7 @@ Every channel has m = N * H * W values; dgamma and dbeta have shape (C,).
 import bnref
 
 from .. import inputs
-from ..exercise import Call, Exercise
+from ..exercise import Exercise, forward_backward_calls
 from ..mistakes import backward_diagnoses, eps_of, f64, norm_backward
 
 exercise = Exercise("spatial_batchnorm_backward",
@@ -17,12 +17,7 @@ AXES, CSHAPE = (0, 2, 3), (1, -1, 1, 1)
 
 @exercise.plan
 def plan(t, f):
-    kw = {"eps": t["eps"]} if "eps" in t else {}
-    fwd = Call(f["spatial_batchnorm_forward"], {"x": t["x"], "gamma": t["gamma"], "beta": t["beta"]}, kw,
-               returns=("out", "cache"))
-    bwd = Call(f["spatial_batchnorm_backward"], {"dy": t["dy"], "cache": fwd["cache"]},
-               returns=("dx", "dgamma", "dbeta"))
-    return [fwd, bwd]
+    return forward_backward_calls(t, f["spatial_batchnorm_forward"], f["spatial_batchnorm_backward"])
 
 
 @exercise.reference

@@ -6,7 +6,7 @@ Problem set 3: one mean and variance per channel, over the batch and every posit
 import bnref
 
 from .. import inputs
-from ..exercise import Call, Exercise
+from ..exercise import Exercise, forward_call
 from ..mistakes import eps_of, f64, forward_diagnoses, normalise
 
 exercise = Exercise("spatial_batchnorm_forward", functions=("spatial_batchnorm_forward",),
@@ -16,9 +16,7 @@ AXES, CSHAPE = (0, 2, 3), (1, -1, 1, 1)
 
 @exercise.plan
 def plan(t, f):
-    kw = {"eps": t["eps"]} if "eps" in t else {}
-    return [Call(f["spatial_batchnorm_forward"], {"x": t["x"], "gamma": t["gamma"], "beta": t["beta"]}, kw,
-                 returns=("out", "cache"))]
+    return [forward_call(t, f["spatial_batchnorm_forward"])]
 
 
 @exercise.reference
