@@ -3,22 +3,40 @@
 CuPy is imported lazily and only when a CuPy array is actually seen, so a CPU-only machine
 never needs it installed.
 """
+import importlib.util
 import os
 import sys
 from types import ModuleType
+from typing import Optional, Sequence
 
 import numpy as np
 
 __all__ = ["get_array_module", "get_kernels", "is_cupy_array", "set_cpu_kernels", "get_cpu_kernels"]
 
-_CPU_KERNELS = os.environ.get("BNREF_CPU_KERNELS", "numpy")
+CPU_KERNELS = ("numpy", "numba")
 
 
-def set_cpu_kernels(name):
+def _kernel_name(name, what):
+    """``name`` as one of CPU_KERNELS (any case), or a clear error naming ``what`` was wrong."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, one of {CPU_KERNELS}; got {type(name).__name__} {name!r}")
+    key = name.strip().lower()
+    if key not in CPU_KERNELS:
+        raise ValueError(f"{what} must be one of {CPU_KERNELS} (any case), got {name!r}")
+    if key == "numba" and importlib.util.find_spec("numba") is None:
+        raise ModuleNotFoundError(f"{what} = {name!r} needs numba, which is not installed: "
+                                  'pip install "bnref[numba]"', name="numba")
+    return key
+
+
+def set_cpu_kernels(name: str) -> str:
     """Choose the CPU kernels: ``"numpy"`` (readable reference, default) or ``"numba"`` (compiled, fused).
 
     Both implement the same kernel API and give the same results to rounding; the test suite
-    runs both against PyTorch. The environment variable ``BNREF_CPU_KERNELS`` sets the default.
+    runs both against PyTorch. The environment variable ``BNREF_CPU_KERNELS`` sets the default
+    when bnref is imported. The name is case-insensitive; an unknown name is a ``ValueError``,
+    and ``"numba"`` without numba installed a ``ModuleNotFoundError`` saying what to install,
+    here rather than at the first call.
 
     Examples
     --------
@@ -26,25 +44,26 @@ def set_cpu_kernels(name):
     'numpy'
     """
     global _CPU_KERNELS
-    if name not in ("numpy", "numba"):
-        raise ValueError(f"name must be 'numpy' or 'numba', got {name!r}")
-    _CPU_KERNELS = name
-    return name
+    _CPU_KERNELS = _kernel_name(name, "set_cpu_kernels(name)")
+    return _CPU_KERNELS
 
 
-def get_cpu_kernels():
+_CPU_KERNELS = _kernel_name(os.environ.get("BNREF_CPU_KERNELS", "numpy"), "the environment variable BNREF_CPU_KERNELS")
+
+
+def get_cpu_kernels() -> str:
     """The name of the CPU kernels in use (see :func:`set_cpu_kernels`)."""
     return _CPU_KERNELS
 
 
-def is_cupy_array(a) -> bool:
+def is_cupy_array(a: object) -> bool:
     """True if ``a`` is a ``cupy.ndarray`` (checked without importing CuPy)."""
     # If CuPy was never imported, no CuPy array can exist in this process.
     cupy = sys.modules.get("cupy")
     return cupy is not None and isinstance(a, cupy.ndarray)
 
 
-def get_array_module(*arrays, names=None) -> ModuleType:
+def get_array_module(*arrays: object, names: Optional[Sequence[str]] = None) -> ModuleType:
     """Return ``numpy`` or ``cupy``: the array library of ``arrays`` (``None`` entries ignored).
 
     Parameters
@@ -78,9 +97,9 @@ def get_array_module(*arrays, names=None) -> ModuleType:
                 f"{', '.join(cpu)} on the CPU; expected all on one device "
                 "(move them with cupy.asarray or cupy.asnumpy)"
             )
-        import cupy
+        from ._optional import require
 
-        return cupy
+        return require("cupy", "computing on CuPy arrays")
     return np
 
 

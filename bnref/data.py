@@ -1,6 +1,8 @@
 """Real data for the course: scikit-learn's bundled 8x8 handwritten digits (no download)."""
 import numpy as np
 
+from ._optional import require
+
 __all__ = ["load_digits"]
 
 
@@ -28,10 +30,10 @@ def load_digits(seed=0, test_size=0.25):
     >>> X_train.shape, X_test.shape
     ((1347, 64), (450, 64))
     """
-    from sklearn.datasets import load_digits as _sk_load_digits
+    datasets = require("sklearn.datasets", "bnref.data.load_digits")
     from sklearn.model_selection import train_test_split
 
-    digits = _sk_load_digits()
+    digits = datasets.load_digits()
     X = digits.data.astype(np.float64) / 16.0          # (1797, 64)
     y = digits.target.astype(np.int64)
     X_train, X_test, y_train, y_test = train_test_split(

@@ -4,15 +4,17 @@ In eval mode BN is ``y = scale * z + shift`` per channel with ``scale = gamma / 
 and ``shift = beta - scale * mean``. If ``z = W x + b`` then ``y = (scale * W) x + (scale * b + shift)``:
 one layer instead of two, with identical outputs (up to rounding).
 """
-import numpy as np
+from typing import Optional
 
 from . import _validate as v
+from ._typing import Array
 from .backend import get_array_module
 
 __all__ = ["bn_affine", "fold_linear", "fold_conv2d"]
 
 
-def bn_affine(gamma, beta, running_mean, running_var, eps=1e-5):
+def bn_affine(gamma: Optional[Array], beta: Optional[Array], running_mean: Array, running_var: Array,
+              eps: float = 1e-5) -> tuple[Array, Array]:
     """Per-channel ``(scale, shift)`` of inference BN: ``y = scale * x + shift``.
 
     Examples
@@ -65,7 +67,8 @@ def _fold(W, b, gamma, beta, running_mean, running_var, eps, ndim, what):
     return W_f.astype(W.dtype, copy=False), b_f.astype(W.dtype, copy=False)
 
 
-def fold_linear(W, b, gamma, beta, running_mean, running_var, eps=1e-5):
+def fold_linear(W: Array, b: Optional[Array], gamma: Optional[Array], beta: Optional[Array], running_mean: Array,
+                running_var: Array, eps: float = 1e-5) -> tuple[Array, Array]:
     """Fold eval-mode BN into the linear layer before it (PyTorch layout).
 
     Parameters
@@ -96,7 +99,8 @@ def fold_linear(W, b, gamma, beta, running_mean, running_var, eps=1e-5):
     return _fold(W, b, gamma, beta, running_mean, running_var, eps, 2, "linear (out, in)")
 
 
-def fold_conv2d(W, b, gamma, beta, running_mean, running_var, eps=1e-5):
+def fold_conv2d(W: Array, b: Optional[Array], gamma: Optional[Array], beta: Optional[Array], running_mean: Array,
+                running_var: Array, eps: float = 1e-5) -> tuple[Array, Array]:
     """Fold eval-mode BN into the 2-D convolution before it.
 
     Parameters

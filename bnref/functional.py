@@ -10,6 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _validate as v
+from ._typing import Array
 from .backend import get_array_module, get_kernels
 
 __all__ = [
@@ -82,7 +83,8 @@ class BatchNormCache:
         return (self.x - self.mean.reshape(shape)) * self.inv_std.reshape(shape)
 
 
-def batchnorm_forward(x, gamma, beta, eps=1e-5, axis=1):
+def batchnorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], eps: float = 1e-5,
+                      axis: int = 1) -> tuple[Array, BatchNormCache]:
     """Batch Normalization forward pass in training mode (batch statistics).
 
     ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` with ``mean`` and the *biased*
@@ -133,7 +135,7 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, axis=1):
     return y, BatchNormCache(x, mean, var, inv_std, gamma, float(eps), axis)
 
 
-def batchnorm_backward(dy, cache):
+def batchnorm_backward(dy: Array, cache: BatchNormCache) -> tuple[Array, Array, Array]:
     """Backward pass of :func:`batchnorm_forward`.
 
     Parameters
@@ -177,7 +179,8 @@ def batchnorm_backward(dy, cache):
     return dx3.reshape(x.shape), dgamma, dbeta
 
 
-def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5, axis=1):
+def batchnorm_inference(x: Array, gamma: Optional[Array], beta: Optional[Array], running_mean: Array,
+                        running_var: Array, eps: float = 1e-5, axis: int = 1) -> Array:
     """Batch Normalization in inference mode: normalise with fixed (running) statistics.
 
     ``y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta``: an affine map per
@@ -215,7 +218,7 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5, axi
     return y3.reshape(x.shape)
 
 
-def batch_statistics(x, axis=1):
+def batch_statistics(x: Array, axis: int = 1) -> tuple[Array, Array]:
     """Per-channel mean and *biased* variance of ``x`` over every axis except ``axis``.
 
     Computed stably (shifted sums), never as ``E[x^2] - E[x]^2``.
@@ -234,7 +237,8 @@ def batch_statistics(x, axis=1):
     return mean, var
 
 
-def running_stats_update(running_mean, running_var, x, momentum=0.1, axis=1, num_batches_tracked=None):
+def running_stats_update(running_mean: Array, running_var: Array, x: Array, momentum: Optional[float] = 0.1,
+                         axis: int = 1, num_batches_tracked: Optional[int] = None) -> tuple[Array, Array]:
     """Update running statistics with one training batch, in PyTorch's convention.
 
     ``new = (1 - momentum) * old + momentum * batch``, where the batch variance is the
@@ -307,7 +311,8 @@ class LayerNormCache:
     normalized_ndim: int
 
 
-def layernorm_forward(x, gamma, beta, eps=1e-5, normalized_ndim=1):
+def layernorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], eps: float = 1e-5,
+                      normalized_ndim: int = 1) -> tuple[Array, LayerNormCache]:
     """Layer Normalization: normalise each example over its last ``normalized_ndim`` axes.
 
     Matches ``torch.nn.functional.layer_norm(x, x.shape[-normalized_ndim:], gamma, beta, eps)``.
@@ -355,7 +360,7 @@ def layernorm_forward(x, gamma, beta, eps=1e-5, normalized_ndim=1):
     return y2.reshape(x.shape).astype(x.dtype, copy=False), LayerNormCache(x, mean, inv_std, gamma, normalized_ndim)
 
 
-def layernorm_backward(dy, cache):
+def layernorm_backward(dy: Array, cache: LayerNormCache) -> tuple[Array, Array, Array]:
     """Backward of :func:`layernorm_forward`: ``(dx, dgamma, dbeta)``, dgamma/dbeta shaped like gamma.
 
     Examples
@@ -394,7 +399,8 @@ class GroupNormCache:
     num_groups: int
 
 
-def groupnorm_forward(x, gamma, beta, num_groups, eps=1e-5):
+def groupnorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], num_groups: int,
+                      eps: float = 1e-5) -> tuple[Array, GroupNormCache]:
     """Group Normalization: normalise each example over groups of ``C // num_groups`` channels.
 
     Matches ``torch.nn.functional.group_norm(x, num_groups, gamma, beta, eps)``. With
@@ -437,7 +443,7 @@ def groupnorm_forward(x, gamma, beta, num_groups, eps=1e-5):
     return y3.reshape(x.shape).astype(x.dtype, copy=False), GroupNormCache(x, mean, inv_std, gamma, num_groups)
 
 
-def groupnorm_backward(dy, cache):
+def groupnorm_backward(dy: Array, cache: GroupNormCache) -> tuple[Array, Array, Array]:
     """Backward of :func:`groupnorm_forward`: ``(dx, dgamma, dbeta)``, dgamma/dbeta of shape (C,).
 
     Examples

@@ -1,10 +1,13 @@
 """Numerical gradients by central differences, and the course's relative error."""
+from typing import Callable
+
 import numpy as np
 
 __all__ = ["numerical_gradient", "relative_error"]
 
 
-def numerical_gradient(f, x, df, h=1e-5):
+def numerical_gradient(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, df: np.ndarray,
+                       h: float = 1e-5) -> np.ndarray:
     """Numerical gradient of ``sum(f(x) * df)`` with respect to ``x`` (central differences).
 
     ``df`` is the upstream gradient, so the result is the vector-Jacobian product that a
@@ -43,7 +46,7 @@ def numerical_gradient(f, x, df, h=1e-5):
     return grad
 
 
-def relative_error(a, b):
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     """``max |a - b| / max(1e-8, |a| + |b|)`` elementwise (CS231n's): ~1e-7 or less is a match.
 
     Examples

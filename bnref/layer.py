@@ -1,7 +1,10 @@
 """A stateful Batch Normalization layer with train/eval modes, like ``torch.nn.BatchNorm1d/2d``."""
+from typing import Any, Optional
+
 import numpy as np
 
 from . import _validate as v
+from ._typing import Array
 from .functional import _ema, batchnorm_backward, batchnorm_forward, batchnorm_inference
 
 __all__ = ["BatchNorm"]
@@ -50,8 +53,9 @@ class BatchNorm:
     >>> y_eval = bn.eval()(x)            # eval mode: running statistics
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 axis=1, dtype=np.float64, xp=np):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, axis: int = 1,
+                 dtype: Any = np.float64, xp: Any = np):
         if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) or num_features < 1:
             raise ValueError(f"num_features must be a positive int, got {num_features!r}")
         v.check_eps(eps)
@@ -68,19 +72,19 @@ class BatchNorm:
         self.dgamma = self.dbeta = None
         self._cache = None
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "BatchNorm":
         """Set training mode (``mode=True``) or eval mode; returns ``self``."""
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> "BatchNorm":
         """Set eval mode; returns ``self``."""
         return self.train(False)
 
-    def __call__(self, x):
+    def __call__(self, x: Array) -> Array:
         return self.forward(x)
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         """Normalise ``x``; in training mode also update the running statistics."""
         ndim = getattr(x, "ndim", 0)
         C = x.shape[self.axis] if ndim >= 2 and -ndim <= self.axis < ndim else None
@@ -102,7 +106,7 @@ class BatchNorm:
         self._cache = ("train", cache)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         """Gradient with respect to the last forward's input; sets ``dgamma`` and ``dbeta``."""
         if self._cache is None:
             raise RuntimeError("backward() called before forward()")

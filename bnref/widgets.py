@@ -27,6 +27,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from ._optional import require
+
 __all__ = ["Slider", "SliderFigure", "slider_figure"]
 
 
@@ -167,7 +169,8 @@ class SliderFigure:
     def _frame(self, combo) -> str:
         """Base64 PNG of one frame (cached: the live widget reuses the static frames)."""
         if combo not in self._cache:
-            from matplotlib.figure import Figure  # lazy: bnref must import without matplotlib
+            # lazy: bnref must import without matplotlib
+            Figure = require("matplotlib.figure", "drawing a bnref.widgets figure").Figure
 
             # a bare Figure, not pyplot: no global state, no backend, nothing left open
             fig = Figure(figsize=self.figsize, dpi=self.dpi, layout="constrained")
@@ -243,7 +246,7 @@ class SliderFigure:
     # -- live view -------------------------------------------------------------------------
     def widget(self):
         """The live view: ipywidgets sliders above an image that is redrawn on change."""
-        import ipywidgets  # lazy: only a live kernel needs it
+        ipywidgets = require("ipywidgets", "the live view of a bnref.widgets figure")  # lazy: kernels only
 
         image = ipywidgets.Image(
             value=base64.b64decode(self.frames[self._initial()]), format="png"
