@@ -1,6 +1,10 @@
 # The README's two commands: `make book` and `make test`. Both set everything up on a fresh
 # machine (virtual environment, Python packages, MathJax for offline pages, Chromium for the
-# browser test). `make bench` prints the benchmark tables.
+# browser test, bubblewrap for the grading sandbox). `make serve` serves the built book on
+# this machine only; `make bench` prints the benchmark tables.
+#
+# System packages come from apt where there is one (Debian, Ubuntu); elsewhere the commands
+# say what to install (Homebrew names on macOS) and stop.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
@@ -9,50 +13,94 @@ PY := $(VENV)/bin/python
 BOOK_STAMP := $(VENV)/.book-installed
 TEST_STAMP := $(VENV)/.test-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# apt-get, if this machine has it (override with APT= to never use it)
+APT ?= $(shell command -v apt-get 2>/dev/null)
+# PyTorch's index of CPU wheels, so pip never pulls a multi-GB CUDA build of the oracle.
+# Extra, not instead of PyPI: where it cannot be reached pip warns, retries (about 10 s
+# here) and takes the same version from the other sources. `make test TORCH_INDEX=` skips it.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PORT ?= 8000
+MIN_PYTHON := 3.11
 
-.PHONY: book test test-unit test-grading test-book bench clean system-deps sandbox-deps
+.PHONY: book test test-unit test-grading test-book bench serve clean distclean \
+        python-check system-deps sandbox-deps
 
-$(PY):
+# Python >= 3.11: the pins are for it. Checked before a venv is made, and an existing venv
+# made with another Python is named instead of reused.
+python-check:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "Python $(MIN_PYTHON) or newer is needed; '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing)."; \
+	  echo "Choose another: make book PYTHON=python3.11 (or python3.12)"; exit 1; }
+	@if [ -x $(PY) ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
+	  echo "$(VENV) was made with $$($(PY) --version 2>&1); remove it with 'make distclean' and run make again."; \
+	  exit 1; fi
+
+$(PY): | python-check
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(BOOK_STAMP): requirements.txt pyproject.toml | $(PY)
+$(BOOK_STAMP): requirements.txt pyproject.toml | python-check $(PY)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 $(TEST_STAMP): requirements-test.txt $(BOOK_STAMP)
-	$(PY) -m pip install -q -r requirements-test.txt
+	$(PY) -m pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -r requirements-test.txt
 	touch $@
 
-# npm (to vendor MathJax), Chromium (browser test) and a CJK font (the glossary's Chinese
-# terms in screenshots) come from Debian's packages.
-system-deps:
-	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm; }
-	@[ -x /usr/bin/chromium ] && dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || \
-	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-wqy-microhei; }
-
-# bubblewrap: the sandbox that autograding runs every submission in.
+# npm (to vendor MathJax), Chromium (browser test), a CJK font (the glossary's Chinese terms
+# in screenshots) and bubblewrap (the sandbox autograding runs every submission in): Debian
+# packages where apt exists; elsewhere a message naming what to install.
+ifneq ($(APT),)
+APT_INSTALL = $(SUDO) $(APT) update -qq && $(SUDO) $(APT) install -y -qq --no-install-recommends
+system-deps: npm-dep
+	@tools/find_chromium.sh >/dev/null && dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || \
+	  { $(APT_INSTALL) chromium fonts-wqy-microhei; }
+npm-dep:
+	@command -v npm >/dev/null || { $(APT_INSTALL) npm; }
 sandbox-deps:
-	@command -v bwrap >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends bubblewrap; }
+	@command -v bwrap >/dev/null || { $(APT_INSTALL) bubblewrap; }
+else
+system-deps: npm-dep
+	@tools/find_chromium.sh >/dev/null || { \
+	  echo "No Chromium or Chrome found: install one (macOS: brew install --cask chromium) or set"; \
+	  echo "CHROMIUM=/path/to/it. Without it the browser test is skipped."; }
+npm-dep:
+	@command -v npm >/dev/null || { \
+	  echo "npm is needed to vendor MathJax for the book: install Node.js (macOS: brew install node)."; exit 1; }
+sandbox-deps:
+	@command -v bwrap >/dev/null || { \
+	  echo "bubblewrap (bwrap) is not installed: the grading tests need it, and it needs Linux"; \
+	  echo "(dnf install bubblewrap, pacman -S bubblewrap...). On macOS the sandbox tests skip and"; \
+	  echo "the nbgrader tests fail: grade on a Linux machine."; }
+endif
+.PHONY: npm-dep
 
-book: $(BOOK_STAMP)
-	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm; }
+book: $(BOOK_STAMP) npm-dep
 	tools/vendor_mathjax.sh
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
-	@echo "The book is in _build/html/index.html"
+	@echo "The book is in _build/html/index.html; 'make serve' serves it with working search."
 
-DOCTESTED := bnref/functional.py bnref/layer.py bnref/fold.py bnref/gradcheck.py bnref/backend.py bnref/data.py bnref/mlp.py bnref/widgets.py bnref/experiments.py
+# Reading the built book: a server on this machine only, since browsers block the search
+# index's requests from file:// pages.
+serve:
+	@[ -f _build/html/index.html ] || { echo "No built book: run 'make book' first."; exit 1; }
+	@echo "Serving the book at http://127.0.0.1:$(PORT)/ (Ctrl-C stops it)"
+	$(PYTHON) -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
+
+DOCTESTED := bnref/functional.py bnref/layer.py bnref/fold.py bnref/gradcheck.py bnref/backend.py bnref/data.py \
+             bnref/mlp.py bnref/widgets.py bnref/experiments.py bnref/_optional.py
 
 test-unit: $(TEST_STAMP) sandbox-deps
 	$(PY) -m pytest -q --doctest-modules $(DOCTESTED)
 	$(PY) -m pytest tests -q -m "not slow" --ignore=tests/test_book_browser.py
 
 test-grading: $(TEST_STAMP) sandbox-deps
-	$(PY) -m pytest tests/test_nbgrader_pipeline.py tests/test_grading_attacks.py -q
+	$(PY) -m pytest -q tests/test_nbgrader_pipeline.py tests/test_grading_attacks.py \
+	  tests/test_environments.py tests/test_packaging.py
 
 test-book: $(TEST_STAMP) system-deps book
-	$(PY) -m pytest tests/test_book_browser.py -q
+	CHROMIUM="$$(tools/find_chromium.sh || true)" $(PY) -m pytest -q tests/test_book_browser.py tests/test_book_pages.py
 
 test: test-unit test-grading test-book
 
@@ -63,3 +111,6 @@ bench: $(TEST_STAMP) sandbox-deps
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis
+
+distclean: clean
+	rm -rf $(VENV) build dist *.egg-info book/_static/mathjax

@@ -85,6 +85,9 @@ def test_the_hub_and_repository_urls_appear_nowhere_else():
             text = (ROOT / rel).read_text()
         except UnicodeDecodeError:
             continue
+        if rel == "README.md":                 # only in the block that tools/hosting.py writes
+            text = re.sub(r"<!-- written by tools/hosting.py.*?<!-- end of what tools/hosting.py writes -->",
+                          "", text, flags=re.S)
         if REPO in text or (hub and hub in text):
             found.append(rel)
     assert found == [], f"the hosting URLs are written by hand in {found}: derive them (tools/hosting.py)"

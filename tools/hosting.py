@@ -12,7 +12,8 @@ Derived from them, and rewritten by this script:
 - the install cell at the top of every exercise notebook (``solutions/header.ipynb``, which
   nbgrader puts at the top of each released notebook; ``exercises/`` is regenerated);
 - the hidden install cell at the top of every chapter (``book/0*.md``);
-- ``[project.urls]`` in ``pyproject.toml``.
+- ``[project.urls]`` in ``pyproject.toml``;
+- the ``pip install`` lines in ``README.md``.
 
 The launch buttons read ``_config.yml`` themselves. An install cell does nothing where bnref
 is already importable (Binder, the hub, a clone with ``make book``) and installs it from
@@ -140,6 +141,28 @@ def fix_pyproject(s, write):
     return True
 
 
+README_BLOCK = re.compile(r"(<!-- written by tools/hosting.py from _config.yml -->\n)(.*?)"
+                          r"(<!-- end of what tools/hosting.py writes -->)", re.S)
+
+
+def fix_readme(s, write):
+    path = ROOT / "README.md"
+    text = path.read_text()
+    url = f"git+{s['repository']}"
+    block = ("```bash\n"
+             f'pip install "bnref @ {url}"   # NumPy only\n'
+             'pip install "bnref[course] @ git+..."      # + matplotlib, ipywidgets, scikit-learn: the chapters\n'
+             'pip install "bnref[numba] @ git+..."       # + the compiled CPU kernels: bnref.set_cpu_kernels("numba")\n'
+             'pip install "bnref[gpu] @ git+..."         # + CuPy for CUDA 13 (gpu-cuda12: CUDA 12)\n'
+             "```\n")
+    new = README_BLOCK.sub(lambda m: m.group(1) + block + m.group(3), text)
+    if new == text:
+        return False
+    if write:
+        path.write_text(new)
+    return True
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only report what is out of date (exit 1)")
@@ -155,6 +178,8 @@ def main(argv=None):
             stale.append(str(chapter.relative_to(ROOT)))
     if fix_pyproject(s, not args.check):
         stale.append("pyproject.toml [project.urls]")
+    if fix_readme(s, not args.check):
+        stale.append("README.md (the pip install lines)")
     if args.check:
         for what in stale:
             print(f"out of date with _config.yml: {what}; run tools/hosting.py")
