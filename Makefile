@@ -16,8 +16,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # apt-get, if this machine has it (override with APT= to never use it)
 APT ?= $(shell command -v apt-get 2>/dev/null)
 # PyTorch's index of CPU wheels, so pip never pulls a multi-GB CUDA build of the oracle.
-# Extra, not instead of PyPI: where it cannot be reached pip warns, retries (about 10 s
-# here) and takes the same version from the other sources. `make test TORCH_INDEX=` skips it.
+# Extra, not instead of PyPI, and for torch alone: where it cannot be reached pip warns,
+# retries (a few seconds) and takes the same version from the other sources.
+# `make test TORCH_INDEX=` skips it.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PORT ?= 8000
 MIN_PYTHON := 3.11
@@ -44,8 +45,12 @@ $(BOOK_STAMP): requirements.txt pyproject.toml | python-check $(PY)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# torch alone first (no dependencies), so that only it is looked up on the CPU index; then the
+# rest, torch's dependencies included, from the usual index.
 $(TEST_STAMP): requirements-test.txt $(BOOK_STAMP)
-	$(PY) -m pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps --retries 1 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+	  "$$(grep -E '^torch==' requirements-test.txt | cut -d' ' -f1)"
+	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
 # npm (to vendor MathJax), Chromium (browser test), a CJK font (the glossary's Chinese terms
