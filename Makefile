@@ -15,11 +15,21 @@ TEST_STAMP := $(VENV)/.test-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # apt-get, if this machine has it (override with APT= to never use it)
 APT ?= $(shell command -v apt-get 2>/dev/null)
+# Linux, Darwin (macOS)...: what the grading sandbox and PyTorch's builds depend on
+UNAME ?= $(shell uname -s)
 # PyTorch's index of CPU wheels, so pip never pulls a multi-GB CUDA build of the oracle.
 # Extra, not instead of PyPI, and for torch alone: where it cannot be reached pip warns,
-# retries (a few seconds) and takes the same version from the other sources.
-# `make test TORCH_INDEX=` skips it.
+# retries once (about a second where the name does not resolve, 2 x pip's timeout where the
+# host does not answer) and takes the same build from the other sources (pip config list:
+# a local wheel, a mirror). `make test TORCH_INDEX=` skips it.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# On Linux PyPI's torch is the CUDA build (0.5 GB, then ~3 GB of nvidia-* wheels), so the
+# CPU build is asked for by its local version label: where no source has it pip stops at
+# once, before any download. macOS wheels are CPU-only and unlabelled.
+# `make test TORCH_BUILD=` accepts whichever build pip finds.
+ifeq ($(UNAME),Linux)
+TORCH_BUILD ?= +cpu
+endif
 PORT ?= 8000
 MIN_PYTHON := 3.11
 
@@ -28,13 +38,21 @@ MIN_PYTHON := 3.11
 
 # Python >= 3.11: the pins are for it. Checked before a venv is made, and an existing venv
 # made with another Python is named instead of reused.
+# Once the venv exists only it is checked, so `make test` after `make book PYTHON=python3.11`
+# needs no PYTHON= again. torch 2.13.0 and numba 0.68.1 have no wheels for macOS on x86_64.
 python-check:
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
-	  echo "Python $(MIN_PYTHON) or newer is needed; '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing)."; \
-	  echo "Choose another: make book PYTHON=python3.11 (or python3.12)"; exit 1; }
-	@if [ -x $(PY) ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
-	  echo "$(VENV) was made with $$($(PY) --version 2>&1); remove it with 'make distclean' and run make again."; \
-	  exit 1; fi
+	@if [ -e $(VENV) ]; then \
+	  $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	    echo "$(VENV) was made with $$($(PY) --version 2>&1 || echo 'a Python that no longer runs'); remove it with"; \
+	    echo "'make distclean' and run make again (make book PYTHON=python3.11 chooses the interpreter)."; exit 1; }; \
+	else \
+	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	    echo "Python $(MIN_PYTHON) or newer is needed; '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing)."; \
+	    echo "Choose another: make book PYTHON=python3.11 (or python3.12)"; exit 1; }; \
+	  [ "$(UNAME)" != Darwin ] || [ "$$($(PYTHON) -c 'import platform; print(platform.machine())')" != x86_64 ] || { \
+	    echo "'$(PYTHON)' is an x86_64 Python on macOS: torch 2.13.0 and numba 0.68.1 have no wheels for it."; \
+	    echo "Use an arm64 Python on Apple silicon (make book PYTHON=/opt/homebrew/bin/python3.11), or Linux."; exit 1; }; \
+	fi
 
 $(PY): | python-check
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +65,13 @@ $(BOOK_STAMP): requirements.txt pyproject.toml | python-check $(PY)
 
 # torch alone first (no dependencies), so that only it is looked up on the CPU index; then the
 # rest, torch's dependencies included, from the usual index.
+TORCH_PIN = $$(grep -E '^torch==' requirements-test.txt | cut -d' ' -f1)$(TORCH_BUILD)
 $(TEST_STAMP): requirements-test.txt $(BOOK_STAMP)
 	$(PY) -m pip install -q --no-deps --retries 1 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
-	  "$$(grep -E '^torch==' requirements-test.txt | cut -d' ' -f1)"
+	  "$(TORCH_PIN)" || { \
+	  echo "No $(TORCH_PIN) (PyTorch's CPU build) from TORCH_INDEX=$(TORCH_INDEX) nor pip's own sources."; \
+	  echo "Point TORCH_INDEX at a reachable copy of PyTorch's CPU index, or take PyPI's build (CUDA on"; \
+	  echo "Linux: several GB) with: make test TORCH_BUILD="; exit 1; }
 	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
@@ -73,11 +95,15 @@ system-deps: npm-dep
 npm-dep:
 	@command -v npm >/dev/null || { \
 	  echo "npm is needed to vendor MathJax for the book: install Node.js (macOS: brew install node)."; exit 1; }
+ifeq ($(UNAME),Linux)
 sandbox-deps:
 	@command -v bwrap >/dev/null || { \
-	  echo "bubblewrap (bwrap) is not installed: the grading tests need it, and it needs Linux"; \
-	  echo "(dnf install bubblewrap, pacman -S bubblewrap...). On macOS the sandbox tests skip and"; \
-	  echo "the nbgrader tests fail: grade on a Linux machine."; }
+	  echo "bubblewrap (bwrap) is needed: autograding runs every submission in its sandbox. Install it"; \
+	  echo "(dnf install bubblewrap, pacman -S bubblewrap, zypper install bubblewrap, apk add bubblewrap)."; exit 1; }
+else
+sandbox-deps:
+	@echo "No bubblewrap on $(UNAME) (it needs Linux): the sandbox tests skip, and so do the grading tests."
+endif
 endif
 .PHONY: npm-dep
 
@@ -100,9 +126,16 @@ test-unit: $(TEST_STAMP) sandbox-deps
 	$(PY) -m pytest -q --doctest-modules $(DOCTESTED)
 	$(PY) -m pytest tests -q -m "not slow" --ignore=tests/test_book_browser.py
 
+# The nbgrader pipeline and the attacks grade in the bubblewrap sandbox: Linux only.
+ifeq ($(UNAME),Linux)
+GRADING_TESTS := tests/test_nbgrader_pipeline.py tests/test_grading_attacks.py
+endif
 test-grading: $(TEST_STAMP) sandbox-deps
-	$(PY) -m pytest -q tests/test_nbgrader_pipeline.py tests/test_grading_attacks.py \
-	  tests/test_environments.py tests/test_packaging.py
+ifneq ($(UNAME),Linux)
+	@echo "SKIPPED tests/test_nbgrader_pipeline.py and tests/test_grading_attacks.py: they grade in the"
+	@echo "bubblewrap sandbox, which needs Linux. Run make test on a Linux machine for them."
+endif
+	$(PY) -m pytest -q $(GRADING_TESTS) tests/test_environments.py tests/test_packaging.py
 
 test-book: $(TEST_STAMP) system-deps book
 	CHROMIUM="$$(tools/find_chromium.sh || true)" $(PY) -m pytest -q tests/test_book_browser.py tests/test_book_pages.py

@@ -132,7 +132,8 @@ def fix_pyproject(s, write):
         return False            # no URL table to keep in step
     block = new_block = m.group(0)
     for key, url in (("Homepage", s["repository"]), ("Repository", s["repository"]),
-                     ("Source", s["repository"]), ("Issues", s["repository"] + "/issues")):
+                     ("Source", s["repository"]), ("Issues", s["repository"] + "/issues"),
+                     ("Documentation", s["repository"] + "#readme")):
         new_block = re.sub(rf'^{key} = "[^"]*"', f'{key} = "{url}"', new_block, flags=re.M)
     if new_block == block:
         return False
@@ -154,6 +155,7 @@ def fix_readme(s, write):
              'pip install "bnref[course] @ git+..."      # + matplotlib, ipywidgets, scikit-learn: the chapters\n'
              'pip install "bnref[numba] @ git+..."       # + the compiled CPU kernels: bnref.set_cpu_kernels("numba")\n'
              'pip install "bnref[gpu] @ git+..."         # + CuPy for CUDA 13 (gpu-cuda12: CUDA 12)\n'
+             'pip install "bnref[all] @ git+..."         # course + numba: everything but the GPU\n'
              "```\n")
     new = README_BLOCK.sub(lambda m: m.group(1) + block + m.group(3), text)
     if new == text:
