@@ -12,7 +12,17 @@ from .functional import (groupnorm_backward, groupnorm_forward, layernorm_backwa
                          layernorm_forward)
 from .layer import BatchNorm
 
-__all__ = ["MLP", "train", "nonstationary_noise"]
+__all__ = ["MLP", "train"]
+
+
+def __getattr__(name):
+    # nonstationary_noise lives with the other noise helpers in bnref.experiments.noise; it
+    # stays importable from here (the API page documents it as bnref.mlp.nonstationary_noise).
+    # Looked up lazily because bnref.experiments imports this module.
+    if name == "nonstationary_noise":
+        from .experiments.noise import nonstationary_noise
+        return nonstationary_noise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _ACTIVATIONS = {
     # name: (f(z), f'(z) expressed with a = f(z) and z)
@@ -21,20 +31,6 @@ _ACTIVATIONS = {
     "relu": (lambda xp, z: xp.maximum(z, 0), lambda xp, a, z: (z > 0).astype(z.dtype)),
     "linear": (lambda xp, z: z, lambda xp, a, z: xp.ones_like(z)),
 }
-
-
-def nonstationary_noise(strength=1.0):
-    """Santurkar et al.'s noise: a random per-unit scale and shift, resampled every step.
-
-    Returns ``noise(l, H, rng, xp) -> (scale, shift)``, each of shape (H,), with
-    ``scale ~ U(1, 1 + strength)`` and ``shift ~ U(-strength, strength)``: after BN the
-    distribution keeps changing, with non-zero mean and non-unit variance, at every step.
-    """
-    def noise(l, H, rng, xp):
-        scale = rng.uniform(1.0, 1.0 + strength, size=H)
-        shift = rng.uniform(-strength, strength, size=H)
-        return xp.asarray(scale), xp.asarray(shift)
-    return noise
 
 
 class MLP:

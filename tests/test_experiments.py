@@ -49,7 +49,7 @@ def test_staged_backward_records_every_node(rng):
 def test_staged_backward_x_gradient_is_sum_of_both_paths(rng):
     x, dy = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
     _, grads, contribs = E.staged_backward(x, np.ones(3), np.zeros(3), dy)
-    np.testing.assert_allclose(grads["x"], contribs[("xmu", "x")] + contribs[("mu", "x")])
+    np.testing.assert_allclose(grads["x"], contribs[("x_centered", "x")] + contribs[("mean", "x")])
 
 
 # ------------------------------------------------------------------ conventions
