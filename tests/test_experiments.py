@@ -4,12 +4,17 @@ The last tests re-run the experiments of chapters 6 and 7 (seeded, shortened whe
 and check the qualitative statements the chapters make about their outcome, so that the text
 cannot silently drift from the numbers.
 """
+import importlib
+
 import numpy as np
 import pytest
 
+import bnref
 from bnref import experiments as E
 from bnref.data import load_digits
 from bnref.mlp import MLP
+
+SMALL = dict(sizes=(64, 16, 16, 10), activation="relu")       # a net that trains in milliseconds
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,59 @@ def _assert_same_state(net, state):
         assert bn.num_batches_tracked == nb
 
 
+# ------------------------------------------------------------------ the package
+
+SUBMODULES = ["graph", "running_stats", "training", "noise", "small_batches"]
+
+
+@pytest.mark.parametrize("module", SUBMODULES)
+def test_every_public_name_of_a_topic_module_is_reexported(module):
+    mod = importlib.import_module(f"bnref.experiments.{module}")
+    for name in mod.__all__:
+        assert name in E.__all__, f"{module}.{name} is missing from bnref.experiments.__all__"
+        assert getattr(E, name) is getattr(mod, name)
+
+
+def test_the_package_docstring_names_every_module_and_public_function():
+    for module in SUBMODULES:
+        assert f":mod:`.{module}`" in E.__doc__
+    for name in E.__all__:
+        assert name in E.__doc__, f"the package docstring does not say where {name} is"
+
+
+def test_mlp_still_offers_nonstationary_noise():
+    from bnref.mlp import nonstationary_noise
+
+    assert nonstationary_noise is E.nonstationary_noise
+    with pytest.raises(AttributeError):
+        bnref.mlp.no_such_name
+
+
 # ------------------------------------------------------------------ staged backward
+
+def test_bn_stages_use_the_package_vocabulary():
+    assert [name for name, _, _, _ in E.BN_STAGES] == [
+        "mean", "x_centered", "sq", "var", "std", "inv_std", "x_hat", "gamma_x_hat", "y"]
+
+
+def test_bn_stages_are_in_forward_order():
+    known = {"x", "gamma", "beta"}
+    for name, inputs, _, _ in E.BN_STAGES:
+        assert set(inputs) <= known, f"{name} uses {set(inputs) - known} before it is computed"
+        known.add(name)
+
+
+def test_staged_backward_values_are_those_of_bnref(rng):
+    x, dy = rng.normal(2.0, 3.0, size=(6, 3)), rng.normal(size=(6, 3))
+    gamma, beta = rng.uniform(0.5, 2.0, 3), rng.normal(size=3)
+    values, _, _ = E.staged_backward(x, gamma, beta, dy)
+    y, cache = bnref.batchnorm_forward(x, gamma, beta)
+    np.testing.assert_allclose(values["mean"], x.mean(axis=0))
+    np.testing.assert_allclose(values["var"], x.var(axis=0))
+    np.testing.assert_allclose(values["inv_std"], cache.inv_std)
+    np.testing.assert_allclose(values["x_hat"], cache.x_hat)
+    np.testing.assert_allclose(values["y"], y)
+
 
 def test_staged_backward_records_every_node(rng):
     x, dy = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
@@ -129,10 +186,109 @@ def test_centered_noise_has_identity_mean():
     assert scales.min() >= 0.5 and scales.max() <= 1.5 and np.abs(shifts).max() <= 1.0
 
 
+# ------------------------------------------------------------------ the sweep
+
+def _assert_same_runs(a, b):
+    assert list(a) == list(b)
+    for norm in a:
+        assert len(a[norm]) == len(b[norm])
+        for ra, rb in zip(a[norm], b[norm]):
+            assert ra.keys() == rb.keys()
+            np.testing.assert_array_equal(ra["loss"], rb["loss"])
+            for key in ("diverged", "final_loss", "train_acc", "test_acc"):
+                np.testing.assert_equal(ra[key], rb[key])
+
+
+def test_lr_sweep_is_the_sweep_over_lr(data):
+    kw = dict(norms=(None, "batch"), steps=20, **SMALL)
+    _assert_same_runs(E.lr_sweep(data, [0.1, 1e3], **kw), E.sweep(data, "lr", [0.1, 1e3], **kw))
+
+
+def test_init_scale_sweep_is_the_sweep_over_init_scale(data):
+    kw = dict(norms=("batch",), steps=20, lr=0.3, **SMALL)
+    _assert_same_runs(E.init_scale_sweep(data, [0.01, 1.0], **kw),
+                      E.sweep(data, "init_scale", [0.01, 1.0], **kw))
+
+
+def test_a_sweep_run_is_one_train_curves_run_evaluated_at_its_end(data):
+    r = E.sweep(data, "batch_size", [16, 32], norms=("layer",), steps=25, lr=0.2, **SMALL)
+    for value, run in zip([16, 32], r["layer"]):
+        _, h = E.train_curves(data, norm="layer", batch_size=value, steps=25, eval_every=25,
+                              lr=0.2, **SMALL)
+        np.testing.assert_array_equal(run["loss"], h["loss"])
+        assert run["test_acc"] == h["test_acc"][-1] and run["train_acc"] == h["train_acc"][-1]
+        assert run["final_loss"] == pytest.approx(np.mean(h["loss"][-20:]), rel=1e-12)
+        assert not run["diverged"]
+
+
+def test_sweep_varies_any_training_keyword(data):
+    r = E.sweep(data, "seed", [0, 1], norms=(None,), steps=10, **SMALL)
+    assert not np.array_equal(r[None][0]["loss"], r[None][1]["loss"])
+
+
+@pytest.mark.parametrize("param", ["norm", "steps", "eval_every", "data", "learning_rate"])
+def test_sweep_rejects_what_it_cannot_vary(data, param):
+    with pytest.raises(ValueError, match="param must be one of"):
+        E.sweep(data, param, [1], steps=5, **SMALL)
+
+
 def test_lr_sweep_flags_divergence(data):
     r = E.lr_sweep(data, [0.1, 1e3], norms=(None,), steps=30, sizes=(64, 16, 16, 10), activation="linear")
     assert not r[None][0]["diverged"] and r[None][1]["diverged"]
     assert np.isnan(r[None][1]["test_acc"])
+
+
+# ------------------------------------------------------------------ measuring during training
+
+def test_measure_during_training_measures_every_k_steps_on_a_batch_that_depends_only_on_seed_and_step(data):
+    batches = {}
+
+    def record(norm):
+        batches[norm] = []
+        return lambda net, X, y: batches[norm].append((X.copy(), y.copy())) or len(batches[norm])
+
+    plain = E.measure_during_training(data, record(None), every=4, steps=10, batch_size=16, **SMALL)
+    bn = E.measure_during_training(data, record("batch"), every=4, steps=10, batch_size=16,
+                                   norm="batch", **SMALL)
+    assert plain["step"].tolist() == bn["step"].tolist() == [0, 4, 8]
+    assert plain["results"] == [1, 2, 3]                        # what measure returned, in order
+    for (X0, y0), (X1, y1) in zip(batches[None], batches["batch"]):
+        np.testing.assert_array_equal(X0, X1)                   # same batch for both networks
+        np.testing.assert_array_equal(y0, y1)
+        assert X0.shape == (16, 64)
+    assert not np.array_equal(batches[None][0][0], batches[None][1][0])   # a new batch each time
+
+
+def test_measure_during_training_trains_as_train_curves_does(data):
+    kw = dict(steps=12, batch_size=32, seed=3, norm="batch", lr=0.2, **SMALL)
+    run = E.measure_during_training(data, lambda net, X, y: None, every=5, **kw)
+    _, h = E.train_curves(data, eval_every=12, **kw)
+    np.testing.assert_array_equal(run["loss"], h["loss"])
+    assert run["test_acc"] == h["test_acc"][-1]
+
+
+def test_ics_during_training_is_the_driver_with_ics_gradient_change(data):
+    kw = dict(norm="batch", lr=0.1, steps=12, every=6, seed=1, **SMALL)
+    r = E.ics_during_training(data, **kw)
+    run = E.measure_during_training(data, lambda net, X, y: E.ics_gradient_change(net, X, y, 0.1),
+                                    **kw)
+    np.testing.assert_array_equal(r["step"], run["step"])
+    assert r["rel"].shape == (2, 2)                             # (measurements, layers 1..2)
+    for key in ("l2", "rel", "cos"):
+        np.testing.assert_array_equal(r[key], [[d[key] for d in m] for m in run["results"]])
+    np.testing.assert_array_equal(r["loss"], run["loss"])
+
+
+def test_landscape_during_training_is_the_driver_with_landscape_along_gradient(data):
+    kw = dict(norm="batch", lr=0.1, steps=12, every=6, seed=1, noise=E.centered_noise(0.5), **SMALL)
+    r = E.landscape_during_training(data, **kw)
+    steps_sizes = 0.1 * np.geomspace(0.25, 4.0, 5)
+    run = E.measure_during_training(
+        data, lambda net, X, y: E.landscape_along_gradient(net, X, y, steps_sizes), **kw)
+    np.testing.assert_array_equal(r["loss_min"], [np.nanmin(m["loss"]) for m in run["results"]])
+    np.testing.assert_array_equal(r["loss_max"], [np.nanmax(m["loss"]) for m in run["results"]])
+    np.testing.assert_array_equal(r["beta_smoothness"], [m["beta_smoothness"] for m in run["results"]])
+    assert r["test_acc"] == run["test_acc"]
 
 
 def test_batch_stat_spread_ignores_constant_columns():
