@@ -1,59 +1,155 @@
-"""Choose the kernels for an array: NumPy on the CPU, CuPy on the GPU.
+"""Choose the kernels for an array: CuPy on the GPU; on the CPU Numba, tuned NumPy or the reference.
 
 CuPy is imported lazily and only when a CuPy array is actually seen, so a CPU-only machine
 never needs it installed.
+
+The CPU kernel sets (all implement the interface written down in :mod:`bnref.kernels`):
+
+- ``"numba"``: compiled and fused, the fastest; the default where numba is installed (the
+  course's requirements install it). The first call in a new environment compiles for about
+  8 s; the compiled code is cached on disk, so later processes load it in about a second
+  (``benchmarks/results/cpu.md`` has the measured costs).
+- ``"numpy"``: the same algorithms as plain NumPy array operations, tuned (BLAS sums, a
+  shifted one-pass variance, buffers reused in place); the default without numba.
+- ``"reference"``: :mod:`bnref.reference`, the book's formulas line by line. The slowest, and
+  the one the others are tested against; the autograder computes its answers with it.
+
+The environment variable ``BNREF_CPU_KERNELS`` chooses at import (any case, ``Numba`` works;
+unset or empty means the default). It is checked like an argument of
+:func:`set_cpu_kernels`: an unknown value is a ``ValueError``, and ``numba`` without numba
+installed a ``ModuleNotFoundError`` naming the extra to install; both messages name the
+variable. An error, not a warning: a misspelt choice would otherwise fall back to other
+kernels, and every timing would silently measure those.
 """
+import contextlib
 import importlib.util
 import os
 import sys
+import threading
 from types import ModuleType
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["get_array_module", "get_kernels", "is_cupy_array", "set_cpu_kernels", "get_cpu_kernels"]
+__all__ = ["get_array_module", "get_kernels", "is_cupy_array", "set_cpu_kernels", "get_cpu_kernels",
+           "default_cpu_kernels", "use_cpu_kernels", "CPU_KERNELS"]
 
-CPU_KERNELS = ("numpy", "numba")
+CPU_KERNELS = ("numba", "numpy", "reference")
 
 
-def _kernel_name(name, what):
-    """``name`` as one of CPU_KERNELS (any case), or a clear error naming ``what`` was wrong."""
+def default_cpu_kernels() -> str:
+    """``"numba"`` where numba is installed, else ``"numpy"``: the fastest set available.
+
+    Examples
+    --------
+    >>> default_cpu_kernels() in ("numba", "numpy")
+    True
+    """
+    # find_spec, not an import: importing numba takes a second, and bnref's import would pay it
+    return "numba" if importlib.util.find_spec("numba") is not None else "numpy"
+
+
+def _kernel_name(name, what, unset=""):
+    """``name`` as one of CPU_KERNELS (any case), or a clear error naming ``what`` was wrong.
+
+    ``unset`` is appended to the errors: how to get the default instead.
+    """
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a str, one of {CPU_KERNELS}; got {type(name).__name__} {name!r}")
     key = name.strip().lower()
     if key not in CPU_KERNELS:
-        raise ValueError(f"{what} must be one of {CPU_KERNELS} (any case), got {name!r}")
+        raise ValueError(f"{what} must be one of {CPU_KERNELS} (any case), got {name!r}{unset}")
     if key == "numba" and importlib.util.find_spec("numba") is None:
         raise ModuleNotFoundError(f"{what} = {name!r} needs numba, which is not installed: "
-                                  'pip install "bnref[numba]"', name="numba")
+                                  f'pip install "bnref[numba]"{unset}', name="numba")
     return key
 
 
-def set_cpu_kernels(name: str) -> str:
-    """Choose the CPU kernels: ``"numpy"`` (readable reference, default) or ``"numba"`` (compiled, fused).
+def _from_environment():
+    """The kernels that ``BNREF_CPU_KERNELS`` asks for; the default when it is unset or empty."""
+    value = os.environ.get("BNREF_CPU_KERNELS", "")
+    if not value.strip():            # `export BNREF_CPU_KERNELS=` means "not set", as in most tools
+        return default_cpu_kernels()
+    return _kernel_name(value, "the environment variable BNREF_CPU_KERNELS",
+                        unset=" (or unset it for the default)")
 
-    Both implement the same kernel API and give the same results to rounding; the test suite
-    runs both against PyTorch. The environment variable ``BNREF_CPU_KERNELS`` sets the default
-    when bnref is imported. The name is case-insensitive; an unknown name is a ``ValueError``,
-    and ``"numba"`` without numba installed a ``ModuleNotFoundError`` saying what to install,
-    here rather than at the first call.
+
+def set_cpu_kernels(name: str) -> str:
+    """Choose the CPU kernels for this process: ``"numba"``, ``"numpy"`` or ``"reference"``.
+
+    All three implement the same kernel interface (:mod:`bnref.kernels`) and give the same
+    results to rounding; the test suite runs each against PyTorch and the fast ones against
+    the reference. The default is :func:`default_cpu_kernels`; the environment variable
+    ``BNREF_CPU_KERNELS`` sets another when bnref is imported (see :mod:`bnref.backend`).
+
+    Parameters
+    ----------
+    name : {"numba", "numpy", "reference"}
+        Case-insensitive.
+
+    Returns
+    -------
+    str
+        The name now in use, in lower case.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not one of the three (``TypeError`` if it is not a str).
+    ModuleNotFoundError
+        For ``"numba"`` when numba is not installed (``pip install "bnref[numba]"``): here,
+        rather than at the first call.
 
     Examples
     --------
-    >>> set_cpu_kernels("numpy")
+    >>> set_cpu_kernels("NumPy")
     'numpy'
+    >>> set_cpu_kernels("fast")
+    Traceback (most recent call last):
+        ...
+    ValueError: set_cpu_kernels(name) must be one of ('numba', 'numpy', 'reference') (any case), got 'fast'
+    >>> set_cpu_kernels(default_cpu_kernels()) == default_cpu_kernels()
+    True
     """
     global _CPU_KERNELS
     _CPU_KERNELS = _kernel_name(name, "set_cpu_kernels(name)")
     return _CPU_KERNELS
 
 
-_CPU_KERNELS = _kernel_name(os.environ.get("BNREF_CPU_KERNELS", "numpy"), "the environment variable BNREF_CPU_KERNELS")
+_CPU_KERNELS = _from_environment()
+
+
+_local = threading.local()           # .kernels: the choice of use_cpu_kernels in this thread
 
 
 def get_cpu_kernels() -> str:
-    """The name of the CPU kernels in use (see :func:`set_cpu_kernels`)."""
-    return _CPU_KERNELS
+    """The name of the CPU kernels in use in this thread (see :func:`set_cpu_kernels`)."""
+    return getattr(_local, "kernels", None) or _CPU_KERNELS
+
+
+@contextlib.contextmanager
+def use_cpu_kernels(name: str) -> Iterator[str]:
+    """Use other CPU kernels inside a ``with`` block, in this thread only.
+
+    For code that must not depend on the process-wide choice, or be disturbed by it: the
+    autograder computes its answers with ``use_cpu_kernels("reference")`` in several threads
+    at once, whatever kernels the instructor's session uses.
+
+    Examples
+    --------
+    >>> import numpy as np, bnref
+    >>> with use_cpu_kernels("reference"):
+    ...     y, cache = bnref.batchnorm_forward(np.arange(6.0).reshape(3, 2), None, None)
+    ...     get_cpu_kernels()
+    'reference'
+    """
+    key = _kernel_name(name, "use_cpu_kernels(name)")
+    outer = getattr(_local, "kernels", None)
+    _local.kernels = key
+    try:
+        yield key
+    finally:
+        _local.kernels = outer
 
 
 def is_cupy_array(a: object) -> bool:
@@ -106,10 +202,20 @@ def get_array_module(*arrays: object, names: Optional[Sequence[str]] = None) -> 
 def get_kernels(xp: ModuleType) -> ModuleType:
     """Return the kernel module for array library ``xp`` (see ``bnref.kernels``)."""
     if xp is np:
-        if _CPU_KERNELS == "numba":
+        name = getattr(_local, "kernels", None) or _CPU_KERNELS
+        if name == "numba":
+            if "bnref.kernels.numba_bn" not in sys.modules:     # once: this is on every call's path
+                # checked at the switch; this still names the extra if numba went missing since
+                from ._optional import require
+
+                require("numba", 'bnref.set_cpu_kernels("numba")')
             from .kernels import numba_bn  # compiled on first use, cached on disk
 
             return numba_bn
+        if name == "reference":
+            from . import reference
+
+            return reference
         from .kernels import numpy_bn
 
         return numpy_bn

@@ -1,12 +1,8 @@
-"""Shared test settings: per-dtype tolerances and a seeded RNG."""
+"""Shared test settings: a seeded RNG and the CPU kernel sets (tolerances: ``tolerances.py``)."""
 import zlib
 
 import numpy as np
 import pytest
-
-# Tolerances against the float64-accurate oracle. float32 differs from PyTorch's float32 in
-# summation order only, so a few ulps times log(m) of relative error is expected.
-TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-11)}
 
 
 @pytest.fixture
@@ -15,14 +11,14 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
-@pytest.fixture(params=["numpy", "numba-threaded", "numba-serial"])
+@pytest.fixture(params=["reference", "numpy", "numba-threaded", "numba-serial"])
 def cpu_kernels(request):
-    """Run a test with the readable NumPy kernels and with both forms of the compiled Numba ones."""
+    """Run a test with every CPU kernel set: the reference, tuned NumPy, and both forms of Numba."""
     import bnref
     from bnref.kernels import numba_bn
 
     old, small = bnref.get_cpu_kernels(), numba_bn.SMALL
-    bnref.set_cpu_kernels("numpy" if request.param == "numpy" else "numba")
+    bnref.set_cpu_kernels(request.param.partition("-")[0])
     # Test inputs are small: choose the threaded or the serial kernels explicitly.
     numba_bn.SMALL = 0 if request.param == "numba-threaded" else 2**62
     yield request.param

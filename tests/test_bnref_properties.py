@@ -7,7 +7,7 @@ from hypothesis.extra.numpy import arrays
 
 import bnref
 
-# Every test runs with both CPU kernel sets (NumPy reference and Numba).
+# Every test runs with every CPU kernel set (the reference, tuned NumPy, Numba threaded and serial).
 pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 

@@ -50,7 +50,7 @@ def test_every_chapter_starts_by_installing_bnref_with_its_extras_where_it_is_mi
     assert f'"bnref[course] @ git+{REPO}@' in first
 
 
-def test_the_install_cell_does_nothing_where_bnref_is_importable():
+def test_the_install_cell_does_nothing_where_bnref_is_importable(monkeypatch):
     """It runs at every build and in every graded sandbox: there it must be a no-op."""
     src = _first_code_cell(nbformat.read(str(EXERCISES[0]), 4)).source
     from IPython.core.inputtransformer2 import TransformerManager
@@ -58,7 +58,8 @@ def test_the_install_cell_does_nothing_where_bnref_is_importable():
     ns = {"get_ipython": lambda: type("Shell", (), {"run_line_magic": lambda self, *a: calls.append(a)})()}
     exec(TransformerManager().transform_cell(src), ns)
     assert calls == []
-    ns["importlib"].util.find_spec = lambda name: None       # as on Colab
+    # as on Colab; monkeypatch restores it, since every later find_spec in this process would see it
+    monkeypatch.setattr(ns["importlib"].util, "find_spec", lambda name: None)
     exec(TransformerManager().transform_cell(src).replace("import importlib.util\n", ""), ns)
     assert calls and calls[0][0] == "pip" and "git+" in calls[0][1]
 

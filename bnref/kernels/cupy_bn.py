@@ -1,6 +1,6 @@
 """Batch Normalization kernels in CuPy: the CUDA sources in ``cuda/`` behind the kernel API.
 
-Same functions and signatures as :mod:`bnref.kernels.numpy_bn`; inputs are CuPy arrays in the
+The kernel interface of :mod:`bnref.kernels`; inputs are CuPy arrays in the
 canonical contiguous views (``x3`` (A, C, B) for BatchNorm and GroupNorm, ``x2`` (M, K) for
 LayerNorm). ``README.md`` in ``cuda/`` explains the kernels; in short, BatchNorm is
 
@@ -26,6 +26,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+from . import stat_dtype
 
 __all__ = ["bn_stats", "bn_forward_train", "bn_backward", "bn_inference",
            "ln_forward", "ln_backward", "gn_forward", "gn_backward"]
@@ -132,11 +134,6 @@ def _ctype(dtype):
                         "expected float16, bfloat16, float32 or float64") from None
 
 
-def _acc_dtype(dtype):
-    """float32 statistics for 16-bit inputs, else the input's dtype."""
-    return np.dtype(np.float32) if np.dtype(dtype).itemsize < 4 else np.dtype(dtype)
-
-
 def _vector(v, acc):
     """A (C,) parameter as a contiguous array of the accumulation type."""
     return _cupy().ascontiguousarray(v, dtype=acc)
@@ -197,7 +194,7 @@ def _bn_statistics(x3, gamma, beta, eps, running=None):
     """
     cp = _cupy()
     A, C, B = x3.shape
-    acc = _acc_dtype(x3.dtype)
+    acc = stat_dtype(x3.dtype)
     layout, ctype, vec, grid, block, P = _plan(x3)
     part = cp.empty((3, C, P), dtype=acc)                      # (count, mean, M2) partials
     _kernel("bn_stats", f"bn_stats_{layout}<{ctype}, {vec}>")(
@@ -223,7 +220,7 @@ def bn_stats(x3):
     """
     cp = _cupy()
     x3 = cp.ascontiguousarray(x3)
-    C, acc = x3.shape[1], _acc_dtype(x3.dtype)
+    C, acc = x3.shape[1], stat_dtype(x3.dtype)
     mean, var, _, _ = _bn_statistics(x3, cp.ones(C, acc), cp.zeros(C, acc), 1.0)
     return mean, var
 
@@ -257,7 +254,7 @@ def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
     cp = _cupy()
     x3 = cp.ascontiguousarray(x3)
     C = x3.shape[1]
-    acc = _acc_dtype(x3.dtype)
+    acc = stat_dtype(x3.dtype)
     params = cp.empty((3, C), dtype=acc)
     _kernel("bn_finalize", f"bn_inference_params<{_ACC_CTYPE[acc.name]}>")(
         (-(-C // 128),), (128,),
@@ -276,7 +273,7 @@ def bn_backward(dy3, x3, mean, inv_std, gamma):
     x3 = cp.ascontiguousarray(x3)
     dy3 = cp.ascontiguousarray(dy3, dtype=x3.dtype)
     A, C, B = x3.shape
-    acc = _acc_dtype(x3.dtype)
+    acc = stat_dtype(x3.dtype)
     mean, inv_std = _vector(mean, acc), _vector(inv_std, acc)
     layout, ctype, vec, grid, block, P = _plan(x3, dy3)
     part = cp.empty((2, C, P), dtype=acc)                      # (sum dy, sum dy (x - mean))
@@ -308,7 +305,7 @@ def _rownorm_forward(rows, gamma, beta, eps, G, L):
     cp = _cupy()
     M, K = rows.shape
     ctype, _ = _ctype(rows.dtype)
-    acc = _acc_dtype(rows.dtype)
+    acc = stat_dtype(rows.dtype)
     y = cp.empty_like(rows)
     mean, inv_std = cp.empty(M, dtype=acc), cp.empty(M, dtype=acc)
     tpr, rpb = _row_block(K)
@@ -323,7 +320,7 @@ def _rownorm_dx(dy, rows, mean, inv_std, gamma, G, L):
     cp = _cupy()
     M, K = rows.shape
     ctype, _ = _ctype(rows.dtype)
-    acc = _acc_dtype(rows.dtype)
+    acc = stat_dtype(rows.dtype)
     dx = cp.empty_like(rows)
     tpr, rpb = _row_block(K)
     _kernel("layernorm", f"rownorm_backward_dx<{ctype}>")(
@@ -354,7 +351,7 @@ def ln_backward(dy2, x2, mean, inv_std, gamma):
     dy2 = cp.ascontiguousarray(dy2, dtype=x2.dtype)
     M, K = x2.shape
     ctype, _ = _ctype(x2.dtype)
-    acc = _acc_dtype(x2.dtype)
+    acc = stat_dtype(x2.dtype)
     dx2 = _rownorm_dx(dy2, x2, mean, inv_std, gamma, 1, 1)
     bx = min(32, 1 << (K - 1).bit_length())
     by = THREADS // bx
@@ -394,7 +391,7 @@ def gn_backward(dy3, x3, mean, inv_std, gamma, num_groups):
     N, C, L = x3.shape
     G = int(num_groups)
     ctype, _ = _ctype(x3.dtype)
-    acc = _acc_dtype(x3.dtype)
+    acc = stat_dtype(x3.dtype)
     rows, dy_rows = x3.reshape(N * G, -1), dy3.reshape(N * G, -1)    # (N*G, C/G*L)
     dx = _rownorm_dx(dy_rows, rows, mean, inv_std, gamma, G, L).reshape(N, C, L)
     part = cp.empty((2, N, C), dtype=acc)

@@ -1,9 +1,11 @@
-"""Optional compiled CPU kernels (Numba): the same maths as ``numpy_bn``, fused into few passes.
+"""Compiled CPU kernels (Numba): the maths of :mod:`bnref.reference`, fused into few passes.
 
-The NumPy kernels are the readable reference and the default. These do the same work in the
+The CPU default where numba is installed (:mod:`bnref.backend`). They do the work in the
 minimum number of passes over memory (forward: one pass for the statistics, one to
 normalise; backward: one to reduce, one to write dx), multithreaded over rows or channels.
-Select them with ``bnref.set_cpu_kernels("numba")`` or ``BNREF_CPU_KERNELS=numba``.
+The first call in a new environment compiles them (about 8 s); ``cache=True`` keeps the
+machine code on disk (next to this file, or in numba's user cache directory where that is
+read-only), so later processes only load it.
 
 Accumulation is in float64 (channels-last: blocks of 64 rows in the input dtype, then float64),
 after subtracting one sample per channel (the shift), so the variance is stable when

@@ -1,12 +1,12 @@
-"""Batch Normalization kernels in NumPy (the readable reference, and the CPU path).
+"""Batch Normalization kernels in tuned NumPy: the CPU kernels where numba is not installed.
 
-Every function takes the canonical contiguous 3-D view ``x3`` of shape ``(A, C, B)``:
-``C`` is the channel axis, ``A`` the product of the axes before it and ``B`` the product of
-the axes after it. So ``(N, C)`` is ``(N, C, 1)``, ``(N, C, H, W)`` is ``(N, C, H*W)`` and
-channels-last ``(N, H, W, C)`` is ``(N*H*W, C, 1)``. Statistics are per channel, over A and B.
+The kernel interface of :mod:`bnref.kernels` (``x3`` is the canonical ``(A, C, B)`` view);
+the same maths as :mod:`bnref.reference`, which the book shows, made faster three ways:
 
-Speed without transposes: per-channel sums are matrix-vector products with a vector of ones
-(BLAS), and large temporaries are reused in place.
+- per-channel sums are matrix-vector products with a vector of ones (BLAS), with no transposes;
+- the variance is one pass over the data, shifted by one sample per channel so that it stays
+  stable when ``|mean| >> std`` (chapter 3, "a stable variance");
+- large temporaries are reused in place (``buf *= ...``) instead of one new array per node.
 """
 import numpy as np
 
@@ -35,13 +35,14 @@ def _channel_dot(a3, b3):
     return s.reshape(C, B) @ np.ones(B, dtype=a3.dtype)                  # (C,): over B
 
 
-def bn_stats(x3, out=None):
+def _shifted_stats(x3, out=None):
     """Biased per-channel mean and variance of ``x3`` (A, C, B), computed stably.
 
     Shifted one-pass: subtract one sample of each channel first (exact in floating point when
     it is near the data), so the sums never cancel catastrophically the way
     ``E[x^2] - E[x]^2`` does when ``|mean| >> std``. Returns ``(mean, var, d, d_mean)`` where
-    ``d = x3 - shift`` (written into ``out`` if given) and ``d_mean = mean - shift``.
+    ``d = x3 - shift`` (written into ``out`` if given) and ``d_mean = mean - shift``: the
+    forward pass reuses both.
     """
     A, C, B = x3.shape
     m = A * B
@@ -52,12 +53,18 @@ def bn_stats(x3, out=None):
     return shift + s1, var, d, s1
 
 
+def bn_stats(x3):
+    """Biased per-channel mean and variance of ``x3`` (A, C, B): ``(mean, var)``, shifted one-pass."""
+    mean, var, _, _ = _shifted_stats(x3)
+    return mean, var
+
+
 def bn_forward_train(x3, gamma, beta, eps):
     """Training-mode forward: normalise with batch statistics, then scale and shift.
 
     Returns ``(y3, mean, var, inv_std)``; ``var`` is the biased batch variance.
     """
-    mean, var, y3, s1 = bn_stats(x3, out=np.empty_like(x3))   # y3 holds x - shift for now
+    mean, var, y3, s1 = _shifted_stats(x3, out=np.empty_like(x3))   # y3 holds x - shift for now
     inv_std = 1.0 / np.sqrt(var + eps)                          # (C,)
     scale = gamma * inv_std                                     # (C,)
     y3 *= scale[:, None]                                        # y = (x - shift) * scale ...
