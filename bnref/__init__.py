@@ -6,27 +6,33 @@ running statistics ``new = (1 - momentum) * old + momentum * batch`` with the un
 
 Where things are:
 
-- the NumPy kernels (the forward pass on one screen): ``bnref/kernels/numpy_bn.py``
-- the public functions (validation and dispatch): ``bnref/functional.py``
-- the stateful layer: ``bnref/layer.py``; folding: ``bnref/fold.py``
-- course support: ``bnref.data`` (digits), ``bnref.mlp`` (a tiny MLP), ``bnref.widgets``
+- the formulas, line by line (the forward pass on one screen): ``bnref/reference.py``
+- the kernel interface and the fast kernels (tuned NumPy, Numba, CuPy): ``bnref/kernels/``
+- which kernels run (Numba by default where installed): ``bnref/backend.py``
+- the public functions (validation and dispatch): ``bnref/functional.py`` (BatchNorm),
+  ``bnref/norms.py`` (LayerNorm, GroupNorm)
+- the stateful layers (``BatchNorm``, ``BatchNorm1d/2d/3d``): ``bnref/layer.py``; folding:
+  ``bnref/fold.py``
+- course support: ``bnref.data`` (digits), ``bnref.mlp`` (a tiny MLP), ``bnref.widgets``,
+  ``bnref.experiments`` (what the chapters run); the autograder: ``bnref.grading``
 """
-from .backend import get_array_module, get_cpu_kernels, set_cpu_kernels
+from .backend import get_array_module, get_cpu_kernels, set_cpu_kernels, use_cpu_kernels
 from .fold import bn_affine, fold_conv2d, fold_linear
-from .functional import (BatchNormCache, GroupNormCache, LayerNormCache, batch_statistics,
-                         batchnorm_backward, batchnorm_forward, batchnorm_inference,
-                         groupnorm_backward, groupnorm_forward, layernorm_backward,
-                         layernorm_forward, running_stats_update)
+from .functional import (BatchNormCache, batch_statistics, batchnorm_backward, batchnorm_forward,
+                         batchnorm_inference, running_stats_update)
 from .gradcheck import numerical_gradient, relative_error
-from .layer import BatchNorm
+from .layer import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .norms import (GroupNormCache, LayerNormCache, groupnorm_backward, groupnorm_forward,
+                    layernorm_backward, layernorm_forward)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "BatchNorm", "BatchNormCache", "LayerNormCache", "GroupNormCache",
+    "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormCache", "LayerNormCache", "GroupNormCache",
     "batchnorm_forward", "batchnorm_backward", "batchnorm_inference",
     "batch_statistics", "running_stats_update",
     "layernorm_forward", "layernorm_backward", "groupnorm_forward", "groupnorm_backward",
     "fold_linear", "fold_conv2d", "bn_affine",
     "numerical_gradient", "relative_error", "get_array_module", "set_cpu_kernels", "get_cpu_kernels",
+    "use_cpu_kernels",
 ]

@@ -6,6 +6,8 @@ import numbers
 
 import numpy as np
 
+from .backend import is_cupy_array
+
 _CPU_DTYPES = (np.float32, np.float64)
 
 
@@ -13,10 +15,50 @@ def _dtype_name(a):
     return str(getattr(a, "dtype", type(a).__name__))
 
 
+def _full_name(t):
+    module = t.__module__
+    return t.__qualname__ if module == "builtins" else f"{module}.{t.__qualname__}"
+
+
+def _conversion(name, a):
+    """How to turn ``a``, which is not a NumPy or CuPy array, into one."""
+    top = type(a).__module__.partition(".")[0]
+    if top == "torch":
+        return (f"{name}.detach().cpu().numpy() (or cupy.asarray({name}.detach()) to stay on the GPU); "
+                "bnref does not track gradients, its backward functions compute them")
+    if isinstance(a, np.matrix):
+        return f"np.asarray({name}) (np.matrix is always 2-D and its * is a matrix product)"
+    if isinstance(a, np.ma.MaskedArray):
+        return (f"{name}.filled(np.nan) to make the masked values NaN, or drop them first "
+                "(the kernels would otherwise use the hidden values as data)")
+    if top == "pandas":
+        return f"{name}.to_numpy(dtype=np.float64)"
+    if top in ("tensorflow", "keras"):
+        return f"{name}.numpy()"
+    if top == "xarray":
+        return f"{name}.values"
+    if top == "dask":
+        return f"{name}.compute()"
+    return f"np.asarray({name}, dtype=np.float64)"
+
+
+def check_array(name, a):
+    """``a`` must be a ``numpy.ndarray`` or a ``cupy.ndarray``: anything else, a clear TypeError.
+
+    Lists, torch tensors, ``np.matrix``, masked arrays and other array-likes are refused, with
+    the conversion to use, rather than converted silently or failing deep inside NumPy.
+    """
+    if is_cupy_array(a):
+        return
+    if isinstance(a, np.ndarray) and not isinstance(a, (np.matrix, np.ma.MaskedArray)):
+        return
+    raise TypeError(f"{name} must be a numpy.ndarray or a cupy.ndarray, got {_full_name(type(a))}; "
+                    f"convert it first: {_conversion(name, a)}")
+
+
 def check_float_array(name, a, xp, min_ndim=1):
     """``a`` must be a floating array of the backend ``xp`` with at least ``min_ndim`` axes."""
-    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-        raise TypeError(f"{name} must be an array (numpy.ndarray or cupy.ndarray), got {type(a).__name__}")
+    check_array(name, a)
     kind = np.dtype(a.dtype).kind if a.dtype != object else "O"
     if kind != "f" and not (xp is not np and "bfloat16" in str(a.dtype)):
         raise TypeError(

@@ -8,8 +8,7 @@ activation), ``normed`` (after the norm and any injected noise), ``grad_preacts`
 """
 import numpy as np
 
-from .functional import (groupnorm_backward, groupnorm_forward, layernorm_backward,
-                         layernorm_forward)
+from .norms import groupnorm_backward, groupnorm_forward, layernorm_backward, layernorm_forward
 from .layer import BatchNorm
 
 __all__ = ["MLP", "train"]

@@ -1,4 +1,6 @@
 """Bad input raises a clear error naming the argument, what it got and what was expected."""
+import re
+
 import numpy as np
 import pytest
 
@@ -67,9 +69,50 @@ def test_integer_gamma_is_rejected():
         bnref.batchnorm_forward(X, np.ones(3, dtype=int), B)
 
 
-def test_list_input_is_rejected():
-    with pytest.raises(TypeError, match="x must be an array .*got list"):
-        bnref.batchnorm_forward(X.tolist(), G, B)
+# ---------------------------------------------------------------- what is not a NumPy or CuPy array
+
+def _torch_tensor():
+    torch = pytest.importorskip("torch")
+    return torch.zeros(8, 3, dtype=torch.float64)
+
+
+FOREIGN = {
+    "list": (lambda: X.tolist(), "list", r"np.asarray\(x, dtype=np.float64\)"),
+    "tuple": (lambda: tuple(map(tuple, X)), "tuple", r"np.asarray\(x, dtype=np.float64\)"),
+    "torch tensor": (_torch_tensor, "torch.Tensor", r"x.detach\(\).cpu\(\).numpy\(\)"),
+    "np.matrix": (lambda: np.asmatrix(X), "numpy.matrix", r"np.asarray\(x\)"),
+    "masked array": (lambda: np.ma.masked_less(X, 0), "numpy.ma.MaskedArray", r"x.filled\(np.nan\)"),
+    "duck array": (lambda: type("Duck", (), {"shape": (8, 3), "dtype": np.dtype("f8"), "ndim": 2})(),
+                   "test_bnref_errors.Duck", r"np.asarray\(x, dtype=np.float64\)"),
+    "scalar": (lambda: np.float64(1.0), "numpy.float64", r"np.asarray\(x, dtype=np.float64\)"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_what_is_not_an_array_is_a_type_error_naming_it_and_the_conversion(kind):
+    make, type_name, conversion = FOREIGN[kind]
+    with pytest.raises(TypeError) as e:
+        bnref.batchnorm_forward(make(), G, B)
+    message = str(e.value)
+    assert message.startswith(f"x must be a numpy.ndarray or a cupy.ndarray, got {type_name}"), message
+    assert re.search(conversion, message), message
+
+
+@pytest.mark.parametrize("name, shape, call", [
+    ("gamma", (3,), lambda t: bnref.batchnorm_forward(X, t, B)),
+    ("running_mean", (3,), lambda t: bnref.batchnorm_inference(X, G, B, t, np.ones(3))),
+    ("dy", (8, 3), lambda t: bnref.batchnorm_backward(t, bnref.batchnorm_forward(X, G, B)[1])),
+    ("running_mean", (3,), lambda t: bnref.running_stats_update(t, np.ones(3), X)),
+    ("gamma", (3,), lambda t: bnref.layernorm_forward(X, t, None)),
+    ("x", (8, 3), lambda t: bnref.BatchNorm(3)(t)),
+    ("x", (2, 3, 4), lambda t: bnref.groupnorm_forward(t, None, None, 3)),
+], ids=["batchnorm_forward", "batchnorm_inference", "batchnorm_backward", "running_stats_update",
+        "layernorm_forward", "BatchNorm", "groupnorm_forward"])
+def test_every_entry_point_refuses_a_torch_tensor_by_the_argument_s_name(name, shape, call):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=rf"^{name} must be a numpy.ndarray or a cupy.ndarray, got torch.Tensor"):
+        call(torch.ones(shape, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("eps", [0, -1e-5, float("nan"), float("inf"), "1e-5"])

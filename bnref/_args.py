@@ -1,0 +1,66 @@
+"""From the public functions' arguments to what the kernels assume (:mod:`bnref.kernels`).
+
+Shared by :mod:`bnref.functional` (BatchNorm) and :mod:`bnref.norms` (LayerNorm, GroupNorm):
+the checks every forward and backward starts with, the canonical views, and the parameters
+in the statistics' dtype.
+"""
+from math import prod
+
+from . import _validate as v
+from .backend import get_array_module
+from .kernels import stat_dtype
+
+
+def prepare(x, gamma, beta, eps, axis, extra=(), extra_names=()):
+    """Check a forward's ``x``, ``gamma``, ``beta``, ``eps`` and ``axis``; return ``(xp, axis, C)``."""
+    names = ("x", "gamma", "beta") + tuple(extra_names)
+    for name, a in zip(names, (x, gamma, beta, *extra)):
+        if a is not None or name == "x":
+            v.check_array(name, a)
+    xp = get_array_module(x, gamma, beta, *extra, names=names)
+    v.check_float_array("x", x, xp, min_ndim=2)
+    axis = v.channel_axis(x, axis)
+    C = x.shape[axis]
+    v.check_vector("gamma", gamma, C, x, xp, allow_none=True)
+    v.check_vector("beta", beta, C, x, xp, allow_none=True)
+    v.check_eps(eps)
+    return xp, axis, C
+
+
+def backward_inputs(dy, cache, cache_type, forward):
+    """The start of every backward: ``cache`` is ``forward``'s and ``dy`` has the shape of its x.
+
+    Returns ``(xp, x, dy)`` with ``dy`` in the dtype of ``x``.
+    """
+    if not isinstance(cache, cache_type):
+        raise TypeError(f"cache must be the {cache_type.__name__} returned by {forward}, "
+                        f"got {type(cache).__name__}")
+    x = cache.x
+    v.check_array("dy", dy)
+    xp = get_array_module(dy, x, names=("dy", "cache.x"))
+    v.check_float_array("dy", dy, xp)
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"dy must have the shape of the forward's x {tuple(x.shape)}, got {tuple(dy.shape)}")
+    return xp, x, dy.astype(x.dtype, copy=False)
+
+
+def as_acb(x, axis):
+    """View ``x`` as the kernels' contiguous (A, C, B) array (a copy only if ``x`` is strided)."""
+    A = prod(x.shape[:axis])                                    # the axes before the channel
+    B = prod(x.shape[axis + 1:])                                # the axes after it
+    if not x.flags.c_contiguous:
+        x = get_array_module(x).ascontiguousarray(x)
+    return x.reshape(A, x.shape[axis], B)                       # (A, C, B)
+
+
+def as_rows(x, K):
+    """View ``x`` as contiguous rows of ``K`` values: (M, K), M = x.size // K."""
+    return get_array_module(x).ascontiguousarray(x).reshape(-1, K)   # (M, K)
+
+
+def param(p, C, fill, x, xp):
+    """A parameter or statistic as a (C,) array in the statistics' dtype; ``None`` becomes ``fill``."""
+    dtype = stat_dtype(x.dtype)
+    if p is None:
+        return xp.full(C, fill, dtype=dtype)
+    return p.reshape(C).astype(dtype, copy=False)
