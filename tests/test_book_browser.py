@@ -37,7 +37,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 CHAPTER_PREFIX = "book/0"          # book/01_... to book/07_...: each must have a moving widget
 MAX_PAGE_BYTES = 3_000_000         # every widget frame is inlined: keep pages light to load
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.book]
 
 
 def toc_pages():

@@ -25,7 +25,7 @@ from course import (ASSIGNMENTS, all_solutions, grade_id, is_test, make_course, 
 from grading_attacks import (ATTACKS, HONEST, SECRET_ENV, SECRET_FILE_TEXT, SECRET_VALUE,
                              SOLUTION_MARKER)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sandbox]
 PS = "ps1_forward"
 FULL = 15
 # Short budgets in the test course, so the looping attacks cost seconds.

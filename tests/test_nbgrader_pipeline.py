@@ -17,7 +17,7 @@ import pytest
 
 from course import ASSIGNMENTS, ROOT, all_solutions, make_course, mistake, nbgrader, read, scores, submit
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sandbox]
 # Short budgets for the temp course, so the infinite-loop submission costs seconds.
 CONFIG = "c.SandboxedGrading.call_timeout = 4\nc.SandboxedGrading.cell_timeout = 6\n"
 
