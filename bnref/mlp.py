@@ -41,7 +41,7 @@ class MLP:
         ``[n_in, hidden_1, ..., n_classes]``.
     activation : {"sigmoid", "tanh", "relu", "linear"}
     norm : {None, "batch", "layer", "group"}
-        Normalisation of each hidden pre-activation ``z = x @ W + b``, before the activation
+        Normalisation of each hidden pre-activation ``z = x @ W.T + b``, before the activation
         (the placement of Ioffe & Szegedy). With a norm the bias ``b`` is dropped: beta
         takes its role.
     init_scale : float, optional
@@ -56,6 +56,13 @@ class MLP:
         ``noise(l, H, rng, xp) -> (scale, shift)``: injected after the norm of every hidden
         layer in training, ``z <- z * scale + shift`` (see :func:`nonstationary_noise`).
     dtype : default float64
+
+    Notes
+    -----
+    Weights are in PyTorch's layout, like ``torch.nn.Linear.weight`` and
+    :func:`bnref.fold_linear`: ``params["W{l}"]`` has shape ``(fan_out, fan_in)`` and a layer
+    computes ``x @ W.T + b``. They are stored column-major (``W.T`` is C-contiguous), so that
+    ``x @ W.T`` is one BLAS call on contiguous memory.
 
     Examples
     --------
@@ -81,7 +88,8 @@ class MLP:
         n_layers = len(sizes) - 1
         for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             std = init_scale if init_scale is not None else np.sqrt((2.0 if activation == "relu" else 1.0) / fan_in)
-            self.params[f"W{l}"] = xp.asarray(self.rng.normal(0.0, std, size=(fan_in, fan_out)).astype(dtype))
+            W_t = self.rng.normal(0.0, std, size=(fan_in, fan_out)).astype(dtype)   # (in, out), C order
+            self.params[f"W{l}"] = xp.asarray(W_t).T                  # (out, in): PyTorch's layout
             hidden = l < n_layers - 1
             if hidden and norm is not None:
                 self.params[f"gamma{l}"] = xp.ones(fan_out, dtype)
@@ -152,7 +160,7 @@ class MLP:
         self.preacts, self.normed, self.acts, self._caches = [], [], [], []
         a = X
         for l in range(self.n_hidden):
-            z = a @ p[f"W{l}"]                                   # (N, H_l)
+            z = a @ p[f"W{l}"].T                                 # (N, H_l)
             if self.norm is None:
                 z = z + p[f"b{l}"]
                 self.preacts.append(z)
@@ -169,7 +177,7 @@ class MLP:
             self.acts.append(a)
             self._caches.append((cache, noise))
         L = self.n_hidden
-        return a @ p[f"W{L}"] + p[f"b{L}"]                      # (N, n_classes)
+        return a @ p[f"W{L}"].T + p[f"b{L}"]                    # (N, n_classes)
 
     def loss_and_grads(self, X, y, update_running_stats=True):
         """Mean softmax cross-entropy on ``(X, y)`` in training mode, and its gradients.
@@ -197,9 +205,9 @@ class MLP:
         grads = {}
         L = self.n_hidden
         a_prev = self.acts[L - 1] if L > 0 else X
-        grads[f"W{L}"] = a_prev.T @ dlogits
+        grads[f"W{L}"] = (a_prev.T @ dlogits).T                  # (out, in), W's layout
         grads[f"b{L}"] = dlogits.sum(axis=0)
-        da = dlogits @ p[f"W{L}"].T
+        da = dlogits @ p[f"W{L}"]
         _, fprime = _ACTIVATIONS[self.activation]
         self.grad_preacts = [None] * L
         for l in reversed(range(L)):
@@ -214,8 +222,8 @@ class MLP:
                 dz, grads[f"gamma{l}"], grads[f"beta{l}"] = self._norm_backward(l, dzn, cache)
             self.grad_preacts[l] = dz
             a_prev = self.acts[l - 1] if l > 0 else X
-            grads[f"W{l}"] = a_prev.T @ dz
-            da = dz @ p[f"W{l}"].T
+            grads[f"W{l}"] = (a_prev.T @ dz).T                   # (out, in)
+            da = dz @ p[f"W{l}"]
         self.train(was_training)
         return float(loss), grads
 
