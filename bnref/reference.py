@@ -16,6 +16,19 @@ broadcasts against ``(A, C, B)``.
 
 Statistics are computed in the dtype of ``gamma`` (float32 for half-precision inputs, see
 :func:`bnref.kernels.stat_dtype`); outputs have the dtype of ``x``.
+
+Examples
+--------
+>>> import numpy as np
+>>> from bnref import reference
+>>> x = np.array([[1.0, 10.0], [3.0, 30.0]])           # (N, C) = (2, 2)
+>>> x3 = x.reshape(2, 2, 1)                            # (A, C, B): B = 1
+>>> y3, mean, var, inv_std = reference.bn_forward_train(x3, np.ones(2), np.zeros(2), 1e-5)
+>>> mean, var
+(array([ 2., 20.]), array([  1., 100.]))
+>>> y3[:, :, 0].round(4)                               # each channel: mean 0, variance 1
+array([[-1., -1.],
+       [ 1.,  1.]])
 """
 from .backend import get_array_module
 

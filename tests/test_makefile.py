@@ -85,3 +85,19 @@ def test_linux_only_pins_carry_a_platform_marker():
     for line in (ROOT / "requirements-test.txt").read_text().splitlines():
         if line.startswith("nvidia-"):
             assert 'platform_system == "Linux"' in line, line
+
+
+def test_on_linux_torch_is_asked_for_as_its_cpu_build_and_the_sandbox_tests_run(project):
+    res = make(project, "-n", "test", "UNAME=Linux", "APT=/usr/bin/apt-get")
+    assert res.returncode == 0, res.stderr
+    assert "cut -d' ' -f1)+cpu\"" in res.stdout          # the pin from requirements-test.txt, then +cpu
+    assert '-m "slow and not book"' in res.stdout and "not sandbox" not in res.stdout
+
+
+def test_on_macos_no_cpu_label_the_sandbox_tests_are_skipped_saying_why_and_no_apt(project):
+    res = make(project, "-n", "test", "UNAME=Darwin", "APT=")
+    assert res.returncode == 0, res.stderr
+    assert "+cpu" not in res.stdout
+    assert '-m "slow and not book and not sandbox"' in res.stdout
+    assert "bubblewrap sandbox, which needs Linux" in res.stdout
+    assert not re.search(r"\b(apt-get|dpkg)\b", res.stdout)

@@ -106,7 +106,7 @@ def norm_backward(t, axes, cshape=(1, -1), mistake="ok"):
         out.update(dgamma=dy * x_hat, dbeta=dy)
     elif mistake == "mean_not_sum":
         out.update(dgamma=(dy * x_hat).mean(axis=param_axes), dbeta=dy.mean(axis=param_axes))
-    elif mistake == "dgamma_no_xhat":
+    elif mistake == "dgamma_without_x_hat":
         out.update(dgamma=dbeta)
     elif mistake == "swapped":
         out.update(dgamma=dbeta, dbeta=dgamma)
@@ -139,7 +139,7 @@ def backward_diagnoses(axes, cshape=(1, -1), over="the batch (axis 0)", what_m="
           "their gradients add up: dbeta = dy.sum(...), dgamma = (dy * x_hat).sum(...)."),
         d("mean_not_sum", f"dgamma and dbeta are averaged over {over}; they must be summed (gamma and "
           "beta are shared, so the gradients add up)."),
-        d("dgamma_no_xhat", "dgamma is missing the factor x_hat: out = gamma * x_hat + beta, so "
+        d("dgamma_without_x_hat", "dgamma is missing the factor x_hat: out = gamma * x_hat + beta, so "
           "dgamma = sum(dy * x_hat)."),
         d("swapped", "dgamma and dbeta are swapped."),
         d("no_mean_path", f"dx is missing the gradient path through {stats[0]}: the mean depends on "

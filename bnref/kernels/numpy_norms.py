@@ -1,4 +1,4 @@
-"""LayerNorm and GroupNorm kernels in NumPy: the same normalisation, other axes.
+"""LayerNorm and GroupNorm kernels in NumPy (the tuned and the Numba sets share them): other axes.
 
 LayerNorm normalises each row of ``x2`` (M, K) over its K features; GroupNorm normalises
 each of the G groups of ``C // G`` channels of every example of ``x3`` (N, C, L).
@@ -23,12 +23,12 @@ def ln_forward(x2, gamma, beta, eps):
     return d * gamma + beta, mean, inv_std
 
 
-def _normalised_backward(dxhat2, x_hat2, inv_std):
+def _normalised_backward(dx_hat2, x_hat2, inv_std):
     """dx for rows normalised by their own statistics: ``inv_std * (g - mean(g) - x_hat * mean(g * x_hat))``."""
     K = x_hat2.shape[1]
-    mean_g = dxhat2.sum(axis=1) / K                             # (M,)
-    mean_gx = np.einsum("mk,mk->m", dxhat2, x_hat2) / K         # (M,)
-    return inv_std[:, None] * (dxhat2 - mean_g[:, None] - x_hat2 * mean_gx[:, None])
+    mean_g = dx_hat2.sum(axis=1) / K                             # (M,)
+    mean_gx = np.einsum("mk,mk->m", dx_hat2, x_hat2) / K         # (M,)
+    return inv_std[:, None] * (dx_hat2 - mean_g[:, None] - x_hat2 * mean_gx[:, None])
 
 
 def ln_backward(dy2, x2, mean, inv_std, gamma):
@@ -58,6 +58,6 @@ def gn_backward(dy3, x3, mean, inv_std, gamma, num_groups):
     x_hat = ((rows - mean.reshape(-1, 1)) * inv_std.reshape(-1, 1)).reshape(N, C, L)
     dgamma = np.einsum("ncl,ncl->c", dy3, x_hat)                # (C,): over N and L
     dbeta = dy3.sum(axis=(0, 2))                                # (C,)
-    dxhat = (dy3 * gamma[:, None]).reshape(N * G, -1)           # (N*G, C/G*L)
-    dx = _normalised_backward(dxhat, x_hat.reshape(N * G, -1), inv_std.reshape(-1))
+    dx_hat = (dy3 * gamma[:, None]).reshape(N * G, -1)           # (N*G, C/G*L)
+    dx = _normalised_backward(dx_hat, x_hat.reshape(N * G, -1), inv_std.reshape(-1))
     return dx.reshape(N, C, L), dgamma, dbeta
