@@ -79,8 +79,8 @@ def set_cpu_kernels(name: str) -> str:
 
     All three implement the same kernel interface (:mod:`bnref.kernels`) and give the same
     results to rounding; the test suite runs each against PyTorch and the fast ones against
-    the reference. The default is :func:`default_cpu_kernels`; the environment variable
-    ``BNREF_CPU_KERNELS`` sets another when bnref is imported (see :mod:`bnref.backend`).
+    the reference. The default is :func:`bnref.backend.default_cpu_kernels`; the environment variable
+    ``BNREF_CPU_KERNELS`` sets another when bnref is imported (see ``bnref.backend``).
 
     Parameters
     ----------

@@ -73,7 +73,7 @@ class BatchNorm:
         uses batch statistics.
     axis : {1, -1}, default 1
         The channel axis: 1 for PyTorch's ``(N, C, ...)``, -1 for channels-last
-        ``(N, ..., C)``. (The functions of :mod:`bnref.functional` take any other axis.)
+        ``(N, ..., C)``. (The functions of ``bnref.functional`` take any other axis.)
     dtype : numpy dtype, default float64
         Of the parameters and running statistics: float32 or float64 (also float16 on CuPy).
     xp : module, default numpy

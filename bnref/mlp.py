@@ -54,7 +54,7 @@ class MLP:
     momentum, eps : BatchNorm settings.
     noise : callable, optional
         ``noise(l, H, rng, xp) -> (scale, shift)``: injected after the norm of every hidden
-        layer in training, ``z <- z * scale + shift`` (see :func:`nonstationary_noise`).
+        layer in training, ``z <- z * scale + shift`` (see :func:`bnref.experiments.nonstationary_noise`).
     dtype : default float64
 
     Notes

@@ -1,17 +1,17 @@
 """The kernel interface: what every kernel set implements, written down once.
 
-Kernel sets (chosen by :mod:`bnref.backend`):
+Kernel sets (chosen by ``bnref.backend``):
 
-- :mod:`bnref.reference`: the book's formulas, on any array module (the one the others are
+- ``bnref.reference``: the book's formulas, on any array module (the one the others are
   tested against);
-- :mod:`bnref.kernels.numpy_bn`: tuned NumPy (BLAS sums, a shifted one-pass variance);
-- :mod:`bnref.kernels.numba_bn`: compiled, fused, multithreaded (the CPU default where numba is
+- ``bnref.kernels.numpy_bn``: tuned NumPy (BLAS sums, a shifted one-pass variance);
+- ``bnref.kernels.numba_bn``: compiled, fused, multithreaded (the CPU default where numba is
   installed);
-- :mod:`bnref.kernels.cupy_bn`: CUDA kernels for CuPy arrays.
+- ``bnref.kernels.cupy_bn``: CUDA kernels for CuPy arrays.
 
-Each one defines the functions of :data:`API` with exactly these signatures and returns
+Each one defines the functions of ``API`` with exactly these signatures and returns
 (``tests/test_kernel_interface.py`` checks it). The public functions in
-:mod:`bnref.functional` and :mod:`bnref.norms` validate the arguments, view the data in the
+``bnref.functional`` and ``bnref.norms`` validate the arguments, view the data in the
 canonical layout and convert the parameters before calling them, so a kernel may assume:
 
 - ``x3`` (and ``dy3``) is C-contiguous of shape ``(A, C, B)``: BatchNorm's channel axis in the
@@ -20,24 +20,22 @@ canonical layout and convert the parameters before calling them, so a kernel may
 - ``x2`` (and ``dy2``) is C-contiguous ``(M, K)``: LayerNorm normalises each of the M rows;
 - every parameter and statistic (``gamma``, ``beta``, ``mean``, ``inv_std``,
   ``running_mean``, ``running_var``) is a contiguous 1-D array, or ``(N, G)`` for GroupNorm's
-  statistics, of :func:`stat_dtype` of ``x``: the one dtype rule;
+  statistics, of ``stat_dtype`` of ``x``: the one dtype rule;
 - ``eps`` is a float > 0, ``num_groups`` an int that divides C.
 
 And must return:
 
-=============================================================  ==========================================
-``bn_stats(x3)``                                               ``(mean, var)``, each (C,); var biased
-``bn_forward_train(x3, gamma, beta, eps)``                     ``(y3, mean, var, inv_std)``
-``bn_backward(dy3, x3, mean, inv_std, gamma)``                 ``(dx3, dgamma, dbeta)``
-``bn_inference(x3, gamma, beta, running_mean, running_var, eps)``  ``y3``
-``ln_forward(x2, gamma, beta, eps)``                           ``(y2, mean, inv_std)``, stats (M,)
-``ln_backward(dy2, x2, mean, inv_std, gamma)``                 ``(dx2, dgamma, dbeta)``, grads (K,)
-``gn_forward(x3, gamma, beta, num_groups, eps)``               ``(y3, mean, inv_std)``, stats (N, G)
-``gn_backward(dy3, x3, mean, inv_std, gamma, num_groups)``     ``(dx3, dgamma, dbeta)``, grads (C,)
-=============================================================  ==========================================
+- ``bn_stats(x3)``: ``(mean, var)``, each (C,); var biased (divided by m);
+- ``bn_forward_train(x3, gamma, beta, eps)``: ``(y3, mean, var, inv_std)``;
+- ``bn_backward(dy3, x3, mean, inv_std, gamma)``: ``(dx3, dgamma, dbeta)``;
+- ``bn_inference(x3, gamma, beta, running_mean, running_var, eps)``: ``y3``;
+- ``ln_forward(x2, gamma, beta, eps)``: ``(y2, mean, inv_std)``, statistics (M,);
+- ``ln_backward(dy2, x2, mean, inv_std, gamma)``: ``(dx2, dgamma, dbeta)``, gradients (K,);
+- ``gn_forward(x3, gamma, beta, num_groups, eps)``: ``(y3, mean, inv_std)``, statistics (N, G);
+- ``gn_backward(dy3, x3, mean, inv_std, gamma, num_groups)``: ``(dx3, dgamma, dbeta)``, gradients (C,).
 
 ``y3``, ``dx3``, ``y2``, ``dx2``: the shape and dtype of ``x3`` (``x2``), new arrays; every
-other result in :func:`stat_dtype`. A kernel never modifies its inputs.
+other result in ``stat_dtype``. A kernel never modifies its inputs.
 """
 import numpy as np
 
