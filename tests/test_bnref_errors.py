@@ -6,6 +6,9 @@ import pytest
 
 import bnref
 
+# Every test runs with every CPU kernel set: the checks come before the kernels, whichever run.
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
+
 X = np.random.default_rng(0).normal(size=(8, 3))
 G, B = np.ones(3), np.zeros(3)
 
