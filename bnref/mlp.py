@@ -101,6 +101,7 @@ class MLP:
             else:
                 self.params[f"b{l}"] = xp.zeros(fan_out, dtype)
         self.training = True
+        self.bn_frozen = False                     # see freeze_bn
         self.preacts, self.normed, self.acts, self.grad_preacts = [], [], [], []
 
     def copy(self):
@@ -118,16 +119,41 @@ class MLP:
 
         return copy.deepcopy(self, {id(self.xp): self.xp})   # the array module is shared, not copied
 
+    def __repr__(self):
+        mode = "" if self.training else ", eval mode"
+        return (f"MLP({self.sizes}, activation={self.activation!r}, norm={self.norm!r}{mode}"
+                f"{', BN frozen' if self.bn_frozen else ''})")
+
     @property
     def n_hidden(self):
         return len(self.sizes) - 2
 
     def train(self, mode=True):
-        """Training mode (batch statistics for BN); returns ``self``."""
+        """Training mode (batch statistics for BN, unless frozen); returns ``self``."""
         self.training = bool(mode)
         for bn in self.bn:
-            bn.train(mode)
+            bn.train(mode and not self.bn_frozen)
         return self
+
+    def freeze_bn(self, frozen=True):
+        """Keep the BN layers in eval mode while the rest trains (or stop doing so); returns ``self``.
+
+        PyTorch's usual recipe for fine-tuning with small batches (``model.train()``, then
+        ``.eval()`` on every BN layer): the forward pass uses the running statistics, which stay
+        fixed, and gamma and beta still learn. Training and test time then see the same
+        statistics.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> net = MLP([4, 8, 3], norm="batch", seed=0).freeze_bn()
+        >>> X, y = np.random.default_rng(0).normal(size=(16, 4)), np.arange(16) % 3
+        >>> _ = net.loss_and_grads(X, y)
+        >>> net.bn[0].running_mean.tolist() == [0.0] * 8     # not updated
+        True
+        """
+        self.bn_frozen = bool(frozen)
+        return self.train(self.training)
 
     def eval(self):
         """Eval mode (running statistics for BN); returns ``self``."""

@@ -19,6 +19,26 @@ def _reduce_axes(x):
     return (0,) + tuple(range(2, x.ndim))
 
 
+# ------------------------------------------------------------------------- chapter 3
+
+def test_ch3_gamma_beta_give_back_x_only_for_a_batch_with_those_statistics(rng):
+    x, other = rng.normal(2.0, 3.0, size=(64, 5)), rng.normal(1.0, 2.0, size=(64, 5))
+    _, cache = _bn(x, None, None)
+    gamma, beta = np.sqrt(cache.var + 1e-5), cache.mean
+    np.testing.assert_allclose(_bn(x, gamma, beta)[0], x, atol=1e-12)
+    assert np.abs(_bn(other, gamma, beta)[0] - other).max() > 0.5           # training mode: not x
+    np.testing.assert_allclose(bnref.batchnorm_inference(other, gamma, beta, cache.mean, cache.var), other,
+                               atol=1e-12)                                 # eval mode: the identity
+
+
+def test_ch3_sigmoid_is_nearly_linear_within_one_not_two():
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))                              # noqa: E731
+    slope = lambda z: sigmoid(z) * (1 - sigmoid(z))                      # noqa: E731
+    assert slope(0) == 0.25 and round(slope(1), 2) == 0.20 and round(slope(2), 3) == 0.105
+    z = np.random.default_rng(0).normal(size=200_000)
+    assert abs(np.mean(np.abs(z) < 1) - 0.683) < 0.005
+
+
 # ------------------------------------------------------------------------- chapter 4
 
 @pytest.mark.parametrize("shape", [(8, 4), (3, 5, 2, 3)])
@@ -178,7 +198,7 @@ def test_ch5_inference_is_the_affine_map_bn_affine(rng):
 
 
 def test_ch5_folding_into_x_at_W_layout_is_exact(rng):
-    # the book's MLP stores W as (in, out); fold_linear wants (out, in)
+    # an (in, out) weight (CS231n's x @ W, the exercises' layout): fold_linear wants (out, in)
     X = rng.normal(size=(50, 12))
     W = rng.normal(size=(12, 7))
     gamma, beta, rm, rv = rng.normal(size=7), rng.normal(size=7), rng.normal(size=7), rng.uniform(0.1, 3, 7)
@@ -199,6 +219,71 @@ def test_ch5_folding_into_conv_is_exact(rng):
     ref = bnref.batchnorm_inference(conv(x, W, b), gamma, beta, rm, rv)
     W_f, b_f = bnref.fold_conv2d(W, b, gamma, beta, rm, rv)
     np.testing.assert_allclose(conv(x, W_f, b_f), ref, rtol=1e-11, atol=1e-11)
+
+
+def _conv(x, W, b, pad=0):
+    """Cross-correlation, stride 1, zero padding ``pad``: (N, C, H, W) -> (N, O, H', W')."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(x, W.shape[2:], axis=(2, 3))   # (N, C, H', W', kh, kw)
+    return np.einsum("nchwij,ocij->nohw", win, W) + b[None, :, None, None]
+
+
+def test_ch5_bn_directly_before_a_linear_layer_folds_too(rng):
+    # W (scale * x + shift) + b = (W * scale) x + (W shift + b): the scale goes into W's columns
+    X = rng.normal(size=(50, 12))
+    W, b = rng.normal(size=(7, 12)), rng.normal(size=7)                 # (out, in)
+    gamma, beta, rm, rv = rng.normal(size=12), rng.normal(size=12), rng.normal(size=12), rng.uniform(0.1, 3, 12)
+    ref = bnref.batchnorm_inference(X, gamma, beta, rm, rv) @ W.T + b
+    scale, shift = bnref.bn_affine(gamma, beta, rm, rv)
+    W_f, b_f = W * scale, W @ shift + b
+    np.testing.assert_allclose(X @ W_f.T + b_f, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_ch5_bn_before_a_convolution_folds_except_at_a_zero_padded_border(rng):
+    x = rng.normal(size=(2, 3, 6, 6))
+    W, b = rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
+    gamma, beta, rm, rv = rng.normal(size=3), rng.normal(size=3), rng.normal(size=3), rng.uniform(0.1, 3, 3)
+    scale, shift = bnref.bn_affine(gamma, beta, rm, rv)
+    W_f = W * scale[None, :, None, None]                                # scale each input channel
+    b_f = b + np.einsum("ocij,c->o", W, shift)                          # the shift through every tap
+    bn_x = bnref.batchnorm_inference(x, gamma, beta, rm, rv)
+    np.testing.assert_allclose(_conv(x, W_f, b_f), _conv(bn_x, W, b), rtol=1e-11, atol=1e-11)
+    # with zero padding the padded zeros are not BN's output (which would be `shift` there):
+    # the interior still agrees, the border does not
+    folded, ref = _conv(x, W_f, b_f, pad=1), _conv(bn_x, W, b, pad=1)
+    np.testing.assert_allclose(folded[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], rtol=1e-11, atol=1e-11)
+    assert np.abs(folded[..., 0, :] - ref[..., 0, :]).max() > 1e-3
+
+
+def test_ch5_fine_tuning_with_bn_in_eval_mode_trains_against_fixed_statistics(rng):
+    from bnref.mlp import MLP
+    net = MLP([6, 8, 3], norm="batch", seed=0)
+    X, y = rng.normal(1.0, 2.0, size=(32, 6)), rng.integers(0, 3, 32)
+    for _ in range(3):                                                  # some running statistics first
+        net.step(net.loss_and_grads(X, y)[1], 0.1)
+    bn = net.bn[0]
+    before = bn.running_mean.copy(), bn.running_var.copy(), bn.num_batches_tracked
+    net.freeze_bn()
+    loss, grads = net.loss_and_grads(X, y)
+    assert np.array_equal(bn.running_mean, before[0]) and bn.num_batches_tracked == before[2]
+    # the loss is the eval-mode loss, and its gradients are those of that loss
+    logits = net.forward(X, training=False)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    assert loss == pytest.approx(-logp[np.arange(32), y].mean(), rel=1e-12)
+
+    def loss_of(name, value):
+        saved = net.params[name].copy()
+        net.params[name][...] = value
+        out = net.loss_and_grads(X, y)[0]
+        net.params[name][...] = saved
+        return np.array(out)
+
+    for name in ("gamma0", "beta0", "W0"):
+        p = net.params[name]
+        numeric = bnref.numerical_gradient(lambda v: loss_of(name, v), p.copy(), np.array(1.0))
+        assert bnref.relative_error(grads[name], numeric) < 1e-6, name
+    assert np.array_equal(bn.running_var, before[1])
 
 
 def test_ch5_eps_matters_for_low_variance_channels():
@@ -289,3 +374,20 @@ def test_ch5_folding_matches_torch_fuse_linear_bn(rng):
     W_f, b_f = bnref.fold_linear(W, b, gamma, beta, rm, rv)
     np.testing.assert_allclose(W_f, W_t.detach().numpy(), rtol=1e-12)
     np.testing.assert_allclose(b_f, b_t.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------------- chapter 1
+
+def test_ch1_on_a_whitened_quadratic_the_step_size_decides_and_the_best_is_two_over_the_eigenvalue_sum(rng):
+    # H = I: each step of gradient descent multiplies the error by (1 - c)
+    H = np.eye(2)
+    err = lambda c, steps: np.abs(1 - c) ** steps                         # noqa: E731
+    w = np.array([1.0, -2.0])
+    for _ in range(8):
+        w = w - 1.9 * (H @ w)
+    np.testing.assert_allclose(np.abs(w), err(1.9, 8) * np.array([1.0, 2.0]))
+    # the best fixed step 2 / (lambda_max + lambda_min) minimises the worst contraction factor
+    lam = np.sort(rng.uniform(0.1, 5.0, 2))
+    etas = np.linspace(0.01, 2 / lam[1], 2001)
+    worst = np.max(np.abs(1 - etas[:, None] * lam[None, :]), axis=1)
+    assert abs(etas[np.argmin(worst)] - 2 / lam.sum()) < 2 * (etas[1] - etas[0])

@@ -359,3 +359,25 @@ def test_ch7_bn_suffers_at_batch_size_two_groupnorm_does_not(data):
     r = E.small_batch_accuracy(data, [2, 16], norms=("batch", "group"), epochs=2)
     assert r["batch"][0] < r["batch"][1] - 0.1
     assert abs(r["group"][0] - r["group"][1]) < 0.05
+
+
+def test_ch5_fine_tuning_with_bn_in_eval_mode_is_consistent_but_needs_a_smaller_step(data):
+    """Chapter 5's three fine-tuning runs on the shifted digits, as the chapter runs them."""
+    from bnref.mlp import train
+    net = MLP([64, 32, 32, 10], activation="relu", norm="batch", seed=0)
+    train(net, data, steps=400, batch_size=64, lr=0.1)
+    shifted = tuple(0.5 * a + 0.3 if i % 2 == 0 else a for i, a in enumerate(data))
+
+    def fine_tune(momentum=0.1, in_eval=False, lr=0.1):
+        tuned = net.copy()
+        for bn in tuned.bn:
+            bn.momentum = momentum
+        history = train(tuned.freeze_bn(in_eval).train(), shifted, steps=200, batch_size=64, lr=lr)
+        return tuned.freeze_bn(False).accuracy(shifted[2], data[3]), np.mean(history["loss"][-20:]), history
+
+    usual, _, _ = fine_tune()
+    eval_fast, eval_fast_loss, h = fine_tune(in_eval=True)
+    eval_slow, _, _ = fine_tune(in_eval=True, lr=0.03)
+    stale, _, _ = fine_tune(momentum=0.0)
+    assert eval_slow >= usual - 0.01 and eval_slow > stale + 0.1      # consistent, and as good
+    assert eval_fast_loss > h["loss"][0] and eval_fast < stale        # at lr 0.1 the loss climbs
