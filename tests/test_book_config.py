@@ -116,3 +116,16 @@ def test_glossary_gives_chinese_beside_english():
                              ("covariate shift", "协变量偏移"), ("whitening", "白化"),
                              ("mini-batch", "小批量"), ("running mean", "滑动平均")]:
         assert re.search(rf"^{re.escape(english)}\n{re.escape(chinese)}\n", body, flags=re.M), english
+
+
+def test_no_two_references_cite_as_the_same_author_and_year():
+    """Author-year citations ("He et al., 2016") must tell every entry apart: 2016a, 2016b."""
+    from pybtex.database import parse_file
+
+    seen = {}
+    for key, entry in parse_file(str(ROOT / "book" / "references.bib")).entries.items():
+        authors = entry.persons.get("author", [])
+        label = (authors[0].last_names[0] if authors else entry.fields.get("title"),
+                 "et al." if len(authors) > 2 else len(authors), entry.fields["year"])
+        assert label not in seen, f"{key} and {seen[label]} both cite as {label}"
+        seen[label] = key
