@@ -39,7 +39,10 @@ def nonstationary_noise(strength=1.0):
 
 
 def centered_noise(strength=1.0):
-    """Santurkar et al.'s "noisy BN" noise, centred so that eval mode (no noise) is its mean.
+    """A per-unit variant of Santurkar et al.'s "noisy BN", centred so that eval mode is its mean.
+
+    Santurkar et al. add i.i.d. noise to every activation; this draws one scale and one shift
+    per unit and step, shared by the batch (the distribution of each unit moves as a whole).
 
     Returns ``noise(l, H, rng, xp) -> (scale, shift)`` for :class:`bnref.mlp.MLP`: at every
     training step each hidden unit gets a fresh random scale ``1 + strength * U(-1/2, 1/2)``
