@@ -381,3 +381,27 @@ def test_ch5_fine_tuning_with_bn_in_eval_mode_is_consistent_but_needs_a_smaller_
     stale, _, _ = fine_tune(momentum=0.0)
     assert eval_slow >= usual - 0.01 and eval_slow > stale + 0.1      # consistent, and as good
     assert eval_fast_loss > h["loss"][0] and eval_fast < stale        # at lr 0.1 the loss climbs
+
+
+def test_ch2_the_sigmoid_network_without_bn_is_slow_without_saturating(data):
+    """Chapter 2's verdict: few inputs in the tails, mean sigma' like BN's, and still slow."""
+    from bnref.mlp import train
+    X_test, y_test = data[2], data[3]
+    result = {}
+    for norm in (None, "batch"):
+        net = MLP([64, 100, 100, 100, 10], activation="sigmoid", norm=norm, seed=0)
+        z = []
+
+        def record(step, net, z=z):
+            if step % 150 == 0:
+                net.loss_and_grads(X_test, y_test, update_running_stats=False)
+                z.append(net.normed[2].copy())              # (450, 100): layer-3 sigmoid inputs
+        h = train(net, data, steps=1500, batch_size=60, lr=0.5, seed=0, callback=record, eval_every=100)
+        z = np.array(z)
+        s = 1 / (1 + np.exp(-z))
+        first_90 = h["eval_step"][int(np.argmax(np.array(h["test_acc"]) >= 0.9))]
+        result[norm] = ((np.abs(z) > 4).mean(axis=(1, 2)).max(), (s * (1 - s)).mean(axis=(1, 2)), first_90)
+    saturated, slope, first_90 = result[None]
+    assert saturated < 0.03 and slope.min() > 0.15                 # hardly any saturation ...
+    assert first_90 >= 5 * result["batch"][2]                       # ... and still much slower
+    assert abs(slope[-1] - result["batch"][1][-1]) < 0.02           # the same mean sigma' at the end
