@@ -11,6 +11,10 @@ import numpy as np
 from .norms import groupnorm_backward, groupnorm_forward, layernorm_backward, layernorm_forward
 from .layer import BatchNorm
 
+#: the normalisations an MLP can put on its hidden pre-activations
+NORMS = (None, "batch", "layer", "group", "batch_l1", "batch_linf")
+_LP = {"batch_l1": 1, "batch_linf": np.inf}     # l_p-BN (bnref.experiments.lp_batchnorm)
+
 __all__ = ["MLP", "train"]
 
 
@@ -40,8 +44,9 @@ class MLP:
     sizes : list of int
         ``[n_in, hidden_1, ..., n_classes]``.
     activation : {"sigmoid", "tanh", "relu", "linear"}
-    norm : {None, "batch", "layer", "group"}
-        Normalisation of each hidden pre-activation ``z = x @ W.T + b``, before the activation
+    norm : {None, "batch", "layer", "group", "batch_l1", "batch_linf"}
+        ``"batch_l1"``/``"batch_linf"``: l_p-BN (``bnref.experiments.lp_batchnorm``), with
+        batch statistics in eval mode too. Normalisation of each hidden pre-activation ``z = x @ W.T + b``, before the activation
         (the placement of Ioffe & Szegedy). With a norm the bias ``b`` is dropped: beta
         takes its role.
     init_scale : float, optional
@@ -78,8 +83,8 @@ class MLP:
                  num_groups=4, momentum=0.1, eps=1e-5, noise=None, dtype=np.float64):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-        if norm not in (None, "batch", "layer", "group"):
-            raise ValueError(f"norm must be None, 'batch', 'layer' or 'group', got {norm!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.sizes, self.activation, self.norm, self.xp = list(sizes), activation, norm, xp
         self.num_groups, self.eps, self.noise = num_groups, eps, noise
         self.rng = np.random.default_rng(seed)
@@ -161,6 +166,9 @@ class MLP:
 
     def _norm_forward(self, l, z):
         p = self.params
+        if self.norm in _LP:
+            from .experiments.lp_batchnorm import lp_batchnorm_forward   # (experiments imports mlp)
+            return lp_batchnorm_forward(z, p[f"gamma{l}"], p[f"beta{l}"], _LP[self.norm], self.eps)
         if self.norm == "batch":
             bn = self.bn[l]
             bn.gamma, bn.beta = p[f"gamma{l}"], p[f"beta{l}"]   # the layer shares our arrays
@@ -170,6 +178,9 @@ class MLP:
         return groupnorm_forward(z, p[f"gamma{l}"], p[f"beta{l}"], self.num_groups, self.eps)
 
     def _norm_backward(self, l, dz, cache):
+        if self.norm in _LP:
+            from .experiments.lp_batchnorm import lp_batchnorm_backward
+            return lp_batchnorm_backward(dz, cache)
         if self.norm == "batch":
             dx = cache.backward(dz)
             return dx, cache.dgamma, cache.dbeta

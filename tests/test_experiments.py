@@ -40,7 +40,7 @@ def _assert_same_state(net, state):
 
 # ------------------------------------------------------------------ the package
 
-SUBMODULES = ["graph", "running_stats", "training", "noise", "small_batches"]
+SUBMODULES = ["graph", "running_stats", "training", "noise", "lp_batchnorm", "small_batches"]
 
 
 @pytest.mark.parametrize("module", SUBMODULES)
@@ -405,3 +405,47 @@ def test_ch2_the_sigmoid_network_without_bn_is_slow_without_saturating(data):
     assert saturated < 0.03 and slope.min() > 0.15                 # hardly any saturation ...
     assert first_90 >= 5 * result["batch"][2]                       # ... and still much slower
     assert abs(slope[-1] - result["batch"][1][-1]) < 0.02           # the same mean sigma' at the end
+
+
+# ---------------------------------------------------------------- l_p-BN (chapter 6)
+
+@pytest.mark.parametrize("p", [1, 2, 3, np.inf])
+def test_lp_batchnorm_backward_matches_a_numerical_gradient(rng, p):
+    from bnref.experiments.lp_batchnorm import lp_batchnorm_backward, lp_batchnorm_forward
+    x, dy = rng.normal(1.0, 2.0, size=(9, 4)), rng.normal(size=(9, 4))
+    gamma, beta = rng.uniform(0.5, 2.0, 4), rng.normal(size=4)
+    y, cache = lp_batchnorm_forward(x, gamma, beta, p)
+    dx, dgamma, dbeta = lp_batchnorm_backward(dy, cache)
+    for got, arg in ((dx, x), (dgamma, gamma), (dbeta, beta)):
+        f = {id(x): lambda v: lp_batchnorm_forward(v, gamma, beta, p)[0],
+             id(gamma): lambda v: lp_batchnorm_forward(x, v, beta, p)[0],
+             id(beta): lambda v: lp_batchnorm_forward(x, gamma, v, p)[0]}[id(arg)]
+        assert bnref.relative_error(got, bnref.numerical_gradient(f, arg.copy(), dy)) < 1e-6
+    assert np.allclose(dx.sum(axis=0), 0)                     # centred, like BN's
+
+
+def test_l2_batchnorm_is_bn_up_to_where_eps_goes(rng):
+    from bnref.experiments.lp_batchnorm import lp_batchnorm_forward
+    x = rng.normal(3.0, 2.0, size=(16, 5))
+    y, _ = lp_batchnorm_forward(x, np.ones(5), np.zeros(5), p=2, eps=0.0)
+    np.testing.assert_allclose(y, bnref.batchnorm_forward(x, None, None, eps=1e-12)[0], atol=1e-9)
+
+
+def test_an_mlp_trains_with_lp_batchnorm(data):
+    for norm in ("batch_l1", "batch_linf"):
+        net, history = E.train_curves(data, norm=norm, activation="relu", sizes=(64, 32, 10), steps=200,
+                                      lr=0.1, eval_every=200)
+        assert history["test_acc"][-1] > 0.8, norm
+
+
+def test_ch6_lp_batchnorm_smooths_the_landscape_like_bn_layernorm_does_not(data):
+    """Chapter 6's verdict on Santurkar et al.'s l_p-BN claim (one seed, as the page's first)."""
+    out = {}
+    for norm in (None, "batch", "batch_l1", "batch_linf", "layer"):
+        r = E.landscape_during_training(data, norm=norm, sizes=(64, 64, 64, 64, 10), activation="relu",
+                                        lr=0.1, steps=300, every=30, seed=0)
+        out[norm] = ((r["loss_max"] - r["loss_min"]).mean(), r["max_grad_change"].mean())
+    for norm in ("batch_l1", "batch_linf"):
+        assert out[norm][0] < out[None][0] / 2 and out[norm][1] < out[None][1] / 4, norm
+        assert out[norm][1] < 2 * out["batch"][1], norm
+    assert out["layer"][1] > out[None][1] / 3                # LayerNorm: not BN's smoothing

@@ -17,6 +17,9 @@ module                          chapter    what is in it
                                            :func:`landscape_during_training`
 :mod:`.noise`                   6          "noisy BN": :func:`centered_noise`,
                                            :func:`nonstationary_noise`
+:mod:`.lp_batchnorm`            6          l_p-BN: :func:`lp_batchnorm_forward`,
+                                           :func:`lp_batchnorm_backward`,
+                                           :class:`LpBatchNormCache` (``norm="batch_l1"``)
 :mod:`.small_batches`           7          :func:`variance_noise`, :func:`batch_stat_spread`,
                                            :func:`small_batch_accuracy`,
                                            :func:`batch_dependence`, :func:`non_iid_accuracy`
@@ -32,6 +35,7 @@ The names follow bnref's vocabulary: ``mean``, ``var``, ``inv_std`` (``1/sqrt(va
 ``x_hat`` and ``dy`` (the upstream gradient).
 """
 from .graph import BN_STAGES, staged_backward
+from .lp_batchnorm import LpBatchNormCache, lp_batchnorm_backward, lp_batchnorm_forward
 from .noise import centered_noise, nonstationary_noise
 from .running_stats import CONVENTIONS, convert_momentum, running_average
 from .small_batches import (batch_dependence, batch_stat_spread, non_iid_accuracy,
@@ -49,4 +53,5 @@ __all__ = [
     "batch_stat_spread", "variance_noise", "small_batch_accuracy", "batch_dependence",
     "non_iid_accuracy",
     "nonstationary_noise", "centered_noise", "unit_percentiles",
+    "lp_batchnorm_forward", "lp_batchnorm_backward", "LpBatchNormCache",
 ]
