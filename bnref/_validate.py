@@ -3,6 +3,7 @@
 Every message names the argument, what it got, and what was expected.
 """
 import numbers
+from math import prod
 
 import numpy as np
 
@@ -119,7 +120,7 @@ def check_momentum(momentum):
 
 def check_training_batch(x, axis):
     """PyTorch's rule: training needs more than one value per channel to estimate a variance."""
-    m = x.size // x.shape[axis]
+    m = prod(n for i, n in enumerate(x.shape) if i != axis)     # not x.size // C: C may be 0
     if m <= 1:
         raise ValueError(
             f"expected more than 1 value per channel when training, got x of shape {tuple(x.shape)} "

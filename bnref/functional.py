@@ -7,6 +7,7 @@ and calls the kernel set that :mod:`bnref.backend` chooses; the formulas themsel
 :mod:`bnref.reference`. LayerNorm and GroupNorm are in :mod:`bnref.norms`.
 """
 from dataclasses import dataclass
+from math import prod
 from typing import Any, Optional
 
 from . import _args
@@ -39,7 +40,7 @@ class BatchNormCache:
     @property
     def m(self) -> int:
         """Number of values per channel that the statistics were computed over."""
-        return self.x.size // self.x.shape[self.axis]
+        return prod(n for i, n in enumerate(self.x.shape) if i != self.axis)   # C may be 0
 
     @property
     def x_hat(self):

@@ -258,3 +258,15 @@ def test_batch_statistics_match_torch_var_mean(rng):
     vt, mt = torch.var_mean(t(x), dim=(0, 2, 3), correction=0)
     close(mean, mt, np.float64)
     close(var, vt, np.float64)
+
+
+@pytest.mark.parametrize("shape, axis", [((4, 0), 1), ((3, 0, 5), 1), ((2, 4, 4, 0), -1)])
+def test_no_channels_gives_empty_results_as_torch_does(shape, axis):
+    x = np.zeros(shape)
+    y, cache = bnref.batchnorm_forward(x, None, None, axis=axis)
+    dx, dgamma, dbeta = bnref.batchnorm_backward(np.ones(shape), cache)
+    yt = F.batch_norm(t(to_channels_first(x, axis), grad=True), None, None, training=True)
+    assert y.shape == dx.shape == shape and to_channels_first(y, axis).shape == tuple(yt.shape)
+    assert dgamma.shape == dbeta.shape == cache.mean.shape == (0,)
+    assert bnref.batchnorm_inference(x, None, None, np.zeros(0), np.ones(0), axis=axis).shape == shape
+    assert [a.shape for a in bnref.running_stats_update(np.zeros(0), np.ones(0), x, axis=axis)] == [(0,), (0,)]

@@ -318,3 +318,18 @@ def test_importing_bnref_does_not_import_cupy():
     code = ("import sys, bnref, bnref.kernels.cupy_bn; "
             "assert 'cupy' not in sys.modules, 'cupy imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- no channels: every backend returns empty results, as the CPU always did ---------------
+
+@pytest.mark.parametrize("B", [1, 49])
+def test_bn_with_no_channels_returns_empty_results_on_every_backend(be, B):
+    x, _ = be.data(np.zeros((6, 0, B)))
+    gamma, _ = be.param(np.zeros(0))
+    y, mean, var, inv_std = be.kernels.bn_forward_train(x, gamma, gamma, 1e-5)
+    assert y.shape == (6, 0, B) and mean.shape == var.shape == inv_std.shape == (0,)
+    dx, dgamma, dbeta = be.kernels.bn_backward(x, x, mean, inv_std, gamma)
+    assert dx.shape == (6, 0, B) and dgamma.shape == dbeta.shape == (0,)
+    assert be.kernels.bn_inference(x, gamma, gamma, gamma, gamma, 1e-5).shape == (6, 0, B)
+    assert [a.shape for a in be.kernels.bn_stats(x)] == [(0,), (0,)]
+    assert y.dtype == dx.dtype == be.dtype

@@ -213,6 +213,14 @@ def _bn_statistics(x3, gamma, beta, eps, running=None):
     return mean, var, inv_std, params
 
 
+def _no_channels(x3, n_stats):
+    """For C = 0: the CPU kernels' results (an empty x-shaped array, empty statistics), with
+    no launch (a grid of 0 blocks is an error, and the planner would divide by C)."""
+    cp = _cupy()
+    empty = [cp.empty(0, dtype=stat_dtype(x3.dtype)) for _ in range(n_stats)]
+    return cp.empty_like(x3), *empty
+
+
 def bn_stats(x3):
     """Biased per-channel ``(mean, var)`` of ``x3`` (A, C, B): the statistics pass alone.
 
@@ -220,6 +228,8 @@ def bn_stats(x3):
     """
     cp = _cupy()
     x3 = cp.ascontiguousarray(x3)
+    if x3.shape[1] == 0:
+        return _no_channels(x3, 2)[1:]
     C, acc = x3.shape[1], stat_dtype(x3.dtype)
     mean, var, _, _ = _bn_statistics(x3, cp.ones(C, acc), cp.zeros(C, acc), 1.0)
     return mean, var
@@ -242,6 +252,8 @@ def bn_forward_train(x3, gamma, beta, eps):
     (statistics, then normalise). Does not synchronise.
     """
     x3 = _cupy().ascontiguousarray(x3)
+    if x3.shape[1] == 0:
+        return _no_channels(x3, 3)
     mean, var, inv_std, params = _bn_statistics(x3, gamma, beta, eps)
     return _bn_apply(x3, params), mean, var, inv_std
 
@@ -253,6 +265,8 @@ def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
     """
     cp = _cupy()
     x3 = cp.ascontiguousarray(x3)
+    if x3.size == 0:                                            # no channels, or no examples
+        return cp.empty_like(x3)
     C = x3.shape[1]
     acc = stat_dtype(x3.dtype)
     params = cp.empty((3, C), dtype=acc)
@@ -272,6 +286,8 @@ def bn_backward(dy3, x3, mean, inv_std, gamma):
     cp = _cupy()
     x3 = cp.ascontiguousarray(x3)
     dy3 = cp.ascontiguousarray(dy3, dtype=x3.dtype)
+    if x3.shape[1] == 0:
+        return _no_channels(x3, 2)
     A, C, B = x3.shape
     acc = stat_dtype(x3.dtype)
     mean, inv_std = _vector(mean, acc), _vector(inv_std, acc)

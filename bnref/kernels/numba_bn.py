@@ -222,9 +222,16 @@ def _dot_sums(u3, cu, v3, cv):
     return kernels[1](u3.reshape(A, C), cu, v3.reshape(A, C), cv, _chunks(A))
 
 
+def _no_channels(x3, n_stats):
+    """For C = 0: an empty x-shaped result and empty statistics (the compiled code divides by C)."""
+    return (np.empty_like(x3), *(np.empty(0, x3.dtype) for _ in range(n_stats)))
+
+
 def bn_stats(x3):
     """Per-channel mean and biased variance of ``x3`` (A, C, B), in x's dtype."""
     C = x3.shape[1]
+    if C == 0:
+        return _no_channels(x3, 2)[1:]
     shift = x3[0, :, 0].copy()                                   # (C,): one sample per channel
     s1, s2 = _dot_sums(x3, shift, x3, shift)
     one = np.ones(C, x3.dtype)
@@ -233,6 +240,8 @@ def bn_stats(x3):
 
 def bn_forward_train(x3, gamma, beta, eps):
     """Training-mode forward; returns ``(y3, mean, var, inv_std)`` like ``numpy_bn``."""
+    if x3.shape[1] == 0:
+        return _no_channels(x3, 3)
     if x3.size < SMALL:
         return _forward_small(x3, gamma, beta, eps)
     A, C, B = x3.shape
@@ -249,6 +258,8 @@ def bn_forward_train(x3, gamma, beta, eps):
 
 def bn_backward(dy3, x3, mean, inv_std, gamma):
     """Backward; returns ``(dx3, dgamma, dbeta)`` like ``numpy_bn``."""
+    if x3.shape[1] == 0:
+        return _no_channels(x3, 2)
     if x3.size < SMALL:
         return _backward_small(dy3, x3, mean, inv_std, gamma)
     A, C, B = x3.shape
