@@ -4,11 +4,30 @@ Shared by :mod:`bnref.functional` (BatchNorm) and :mod:`bnref.norms` (LayerNorm,
 the checks every forward and backward starts with, the canonical views, and the parameters
 in the statistics' dtype.
 """
+import contextlib
 from math import prod
 
 from . import _validate as v
-from .backend import get_array_module
+from .backend import get_array_module, is_cupy_array
 from .kernels import stat_dtype
+
+
+def check_devices(names, arrays):
+    """CuPy arrays must all be on one GPU: a kernel reading another device's memory is an
+    illegal address, which breaks the CUDA context. The error names each argument's device."""
+    on = {n: a.device.id for n, a in zip(names, arrays) if a is not None and is_cupy_array(a)}
+    if len(set(on.values())) > 1:
+        first = next(iter(on))
+        others = ", ".join(f"{n} on GPU {i}" for n, i in on.items() if i != on[first])
+        raise ValueError(f"{others}, but {first} on GPU {on[first]}; expected every array on "
+                         f"{first}'s device (copy one over inside `with cupy.cuda.Device({on[first]}):` "
+                         "with cupy.asarray)")
+
+
+def on_device(x):
+    """``with on_device(x):`` makes x's GPU the current one (a no-op for NumPy arrays), so that
+    kernels run and new arrays are made where x lives, whatever device is current."""
+    return x.device if is_cupy_array(x) else contextlib.nullcontext()
 
 
 def prepare(x, gamma, beta, eps, axis, extra=(), extra_names=()):
@@ -18,6 +37,7 @@ def prepare(x, gamma, beta, eps, axis, extra=(), extra_names=()):
         if a is not None or name == "x":
             v.check_array(name, a)
     xp = get_array_module(x, gamma, beta, *extra, names=names)
+    check_devices(names, (x, gamma, beta, *extra))
     v.check_float_array("x", x, xp, min_ndim=2)
     axis = v.channel_axis(x, axis)
     C = x.shape[axis]
@@ -38,6 +58,7 @@ def backward_inputs(dy, cache, cache_type, forward):
     x = cache.x
     v.check_array("dy", dy)
     xp = get_array_module(dy, x, names=("dy", "cache.x"))
+    check_devices(("cache.x", "dy"), (x, dy))
     v.check_float_array("dy", dy, xp)
     if tuple(dy.shape) != tuple(x.shape):
         raise ValueError(f"dy must have the shape of the forward's x {tuple(x.shape)}, got {tuple(dy.shape)}")

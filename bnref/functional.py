@@ -94,8 +94,9 @@ def batchnorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], e
     """
     xp, axis, C = _args.prepare(x, gamma, beta, eps, axis)
     v.check_training_batch(x, axis)
-    y3, mean, var, inv_std = get_kernels(xp).bn_forward_train(
-        _args.as_acb(x, axis), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp), float(eps))
+    with _args.on_device(x):
+        y3, mean, var, inv_std = get_kernels(xp).bn_forward_train(
+            _args.as_acb(x, axis), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp), float(eps))
     y = y3.reshape(x.shape)                                     # (A, C, B) -> x's shape, C-contiguous
     return y, BatchNormCache(x, mean, var, inv_std, gamma, float(eps), axis)
 
@@ -129,9 +130,10 @@ def batchnorm_backward(dy: Array, cache: BatchNormCache) -> tuple[Array, Array, 
     """
     xp, x, dy = _args.backward_inputs(dy, cache, BatchNormCache, "batchnorm_forward")
     C = x.shape[cache.axis]
-    dx3, dgamma, dbeta = get_kernels(xp).bn_backward(
-        _args.as_acb(dy, cache.axis), _args.as_acb(x, cache.axis),
-        cache.mean, cache.inv_std, _args.param(cache.gamma, C, 1, x, xp))
+    with _args.on_device(x):
+        dx3, dgamma, dbeta = get_kernels(xp).bn_backward(
+            _args.as_acb(dy, cache.axis), _args.as_acb(x, cache.axis),
+            cache.mean, cache.inv_std, _args.param(cache.gamma, C, 1, x, xp))
     return dx3.reshape(x.shape), dgamma, dbeta                  # (A, C, B) -> x's shape
 
 
@@ -167,9 +169,10 @@ def batchnorm_inference(x: Array, gamma: Optional[Array], beta: Optional[Array],
                                 ("running_mean", "running_var"))
     v.check_vector("running_mean", running_mean, C, x, xp)
     v.check_vector("running_var", running_var, C, x, xp)
-    y3 = get_kernels(xp).bn_inference(
-        _args.as_acb(x, axis), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp),
-        _args.param(running_mean, C, 0, x, xp), _args.param(running_var, C, 1, x, xp), float(eps))
+    with _args.on_device(x):
+        y3 = get_kernels(xp).bn_inference(
+            _args.as_acb(x, axis), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp),
+            _args.param(running_mean, C, 0, x, xp), _args.param(running_var, C, 1, x, xp), float(eps))
     return y3.reshape(x.shape)                                  # (A, C, B) -> x's shape
 
 
@@ -189,7 +192,8 @@ def batch_statistics(x: Array, axis: int = 1) -> tuple[Array, Array]:
     xp = get_array_module(x, names=("x",))
     v.check_float_array("x", x, xp, min_ndim=2)
     axis = v.channel_axis(x, axis)
-    return get_kernels(xp).bn_stats(_args.as_acb(x, axis))     # (C,), (C,)
+    with _args.on_device(x):
+        return get_kernels(xp).bn_stats(_args.as_acb(x, axis))     # (C,), (C,)
 
 
 def running_stats_update(running_mean: Array, running_var: Array, x: Array, momentum: Optional[float] = 0.1,
@@ -229,6 +233,7 @@ def running_stats_update(running_mean: Array, running_var: Array, x: Array, mome
     for name, a in (("running_mean", running_mean), ("running_var", running_var), ("x", x)):
         v.check_array(name, a)
     xp = get_array_module(running_mean, running_var, x, names=("running_mean", "running_var", "x"))
+    _args.check_devices(("x", "running_mean", "running_var"), (x, running_mean, running_var))
     v.check_float_array("x", x, xp, min_ndim=2)
     axis = v.channel_axis(x, axis)
     C = x.shape[axis]
@@ -237,7 +242,8 @@ def running_stats_update(running_mean: Array, running_var: Array, x: Array, mome
     v.check_momentum(momentum)
     m = v.check_training_batch(x, axis)
     mean, var = batch_statistics(x, axis)
-    return _ema(running_mean, running_var, mean, var, m, momentum, num_batches_tracked)
+    with _args.on_device(x):
+        return _ema(running_mean, running_var, mean, var, m, momentum, num_batches_tracked)
 
 
 def _ema(running_mean, running_var, mean, var, m, momentum, num_batches_tracked):

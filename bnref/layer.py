@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
+from . import _args
 from . import _validate as v
 from ._typing import Array
 from .functional import _ema, batchnorm_backward, batchnorm_forward, batchnorm_inference
@@ -288,9 +289,10 @@ class BatchNorm:
         y, cache = batchnorm_forward(x, self.gamma, self.beta, self.eps, self.axis)
         if self.training and self.track_running_stats:
             self.num_batches_tracked += 1
-            self.running_mean, self.running_var = _ema(
-                self.running_mean, self.running_var, cache.mean, cache.var, cache.m,
-                self.momentum, self.num_batches_tracked)
+            with _args.on_device(x):
+                self.running_mean, self.running_var = _ema(
+                    self.running_mean, self.running_var, cache.mean, cache.var, cache.m,
+                    self.momentum, self.num_batches_tracked)
         self._cache = ("train", cache)
         return y
 
@@ -302,7 +304,9 @@ class BatchNorm:
         if mode == "train":
             dx, dgamma, dbeta = batchnorm_backward(dy, saved)
         else:
-            dx, dgamma, dbeta = self._eval_backward(dy, saved)
+            _args.check_devices(("x", "dy"), (saved, dy))
+            with _args.on_device(saved):
+                dx, dgamma, dbeta = self._eval_backward(dy, saved)
         self.dgamma = dgamma if self.gamma is not None else None
         self.dbeta = dbeta if self.beta is not None else None
         return dx

@@ -59,6 +59,7 @@ def layernorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], e
         if a is not None or name == "x":
             v.check_array(name, a)
     xp = get_array_module(x, gamma, beta, names=("x", "gamma", "beta"))
+    _args.check_devices(("x", "gamma", "beta"), (x, gamma, beta))
     v.check_float_array("x", x, xp, min_ndim=1)
     if not isinstance(normalized_ndim, int) or not 1 <= normalized_ndim <= x.ndim:
         raise ValueError(f"normalized_ndim must be an int in [1, x.ndim={x.ndim}], got {normalized_ndim!r}")
@@ -73,8 +74,9 @@ def layernorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], e
     K = prod(nshape)
     if K < 1:
         raise ValueError(f"x of shape {tuple(x.shape)} has no values to normalise over")
-    y2, mean, inv_std = get_kernels(xp).ln_forward(
-        _args.as_rows(x, K), _args.param(gamma, K, 1, x, xp), _args.param(beta, K, 0, x, xp), float(eps))
+    with _args.on_device(x):
+        y2, mean, inv_std = get_kernels(xp).ln_forward(
+            _args.as_rows(x, K), _args.param(gamma, K, 1, x, xp), _args.param(beta, K, 0, x, xp), float(eps))
     return y2.reshape(x.shape), LayerNormCache(x, mean, inv_std, gamma, normalized_ndim)   # (M, K) -> x's shape
 
 
@@ -93,8 +95,9 @@ def layernorm_backward(dy: Array, cache: LayerNormCache) -> tuple[Array, Array, 
     xp, x, dy = _args.backward_inputs(dy, cache, LayerNormCache, "layernorm_forward")
     nshape = tuple(x.shape[x.ndim - cache.normalized_ndim:])
     K = prod(nshape)
-    dx2, dgamma, dbeta = get_kernels(xp).ln_backward(
-        _args.as_rows(dy, K), _args.as_rows(x, K), cache.mean, cache.inv_std, _args.param(cache.gamma, K, 1, x, xp))
+    with _args.on_device(x):
+        dx2, dgamma, dbeta = get_kernels(xp).ln_backward(
+            _args.as_rows(dy, K), _args.as_rows(x, K), cache.mean, cache.inv_std, _args.param(cache.gamma, K, 1, x, xp))
     return dx2.reshape(x.shape), dgamma.reshape(nshape), dbeta.reshape(nshape)   # (M, K), (K,) -> x's, gamma's
 
 
@@ -146,8 +149,9 @@ def groupnorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], n
     if (C // num_groups) * L <= 1:
         raise ValueError(f"expected more than 1 value per group, got x of shape {tuple(x.shape)} "
                          f"with num_groups={num_groups}")
-    y3, mean, inv_std = get_kernels(xp).gn_forward(
-        _args.as_acb(x, 1), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp), num_groups, float(eps))
+    with _args.on_device(x):
+        y3, mean, inv_std = get_kernels(xp).gn_forward(
+            _args.as_acb(x, 1), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp), num_groups, float(eps))
     return y3.reshape(x.shape), GroupNormCache(x, mean, inv_std, gamma, num_groups)   # (N, C, L) -> x's shape
 
 
@@ -165,7 +169,8 @@ def groupnorm_backward(dy: Array, cache: GroupNormCache) -> tuple[Array, Array, 
     """
     xp, x, dy = _args.backward_inputs(dy, cache, GroupNormCache, "groupnorm_forward")
     C = x.shape[1]
-    dx3, dgamma, dbeta = get_kernels(xp).gn_backward(
-        _args.as_acb(dy, 1), _args.as_acb(x, 1), cache.mean, cache.inv_std,
-        _args.param(cache.gamma, C, 1, x, xp), cache.num_groups)
+    with _args.on_device(x):
+        dx3, dgamma, dbeta = get_kernels(xp).gn_backward(
+            _args.as_acb(dy, 1), _args.as_acb(x, 1), cache.mean, cache.inv_std,
+            _args.param(cache.gamma, C, 1, x, xp), cache.num_groups)
     return dx3.reshape(x.shape), dgamma, dbeta                  # (N, C, L) -> x's shape

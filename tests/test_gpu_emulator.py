@@ -190,6 +190,10 @@ class _Kernel:
         assert block[0] * block[1] <= 1024 and grid[1] <= 65535, (grid, block)
         keep = []
         for i, (a, size) in enumerate(zip(args, self.sizes)):
+            if isinstance(a, FakeArray):
+                assert a.device_id == FakeDevice.current, (
+                    f"{self.name}: argument {i} is on device {a.device_id}, the launch on device "
+                    f"{FakeDevice.current} (an illegal address on a GPU)")
             if isinstance(a, np.ndarray):
                 c = ctypes.c_void_p(a.ctypes.data)
                 assert size == 8, f"{self.name}: argument {i} is an array, kernel expects {size} bytes"
@@ -205,12 +209,44 @@ class _Kernel:
         self.launch(*[ctypes.c_uint(v) for v in (*grid, *block)], ptrs)
 
 
+class FakeDevice:
+    """``cupy.cuda.Device``: an id, its attributes, and a context manager that makes it current.
+
+    The emulated GPUs are identical; which one is current matters because every kernel launch
+    checks that its array arguments live there (on a real GPU another device's pointer is an
+    illegal address).
+    """
+
+    current = 0
+
+    def __init__(self, i=0):
+        self.id = int(i)
+        self.attributes = {"MultiProcessorCount": EMULATED_SMS}
+
+    def __enter__(self):
+        self._outer, FakeDevice.current = FakeDevice.current, self.id
+        return self
+
+    def __exit__(self, *exc):
+        FakeDevice.current = self._outer
+
+
 class FakeArray(np.ndarray):
-    """A NumPy array with the two CuPy attributes the wrappers use."""
+    """A NumPy array with the CuPy attributes the wrappers use: ``data.ptr`` and ``device``.
+
+    An array lives on the device that was current when it was made; views keep their base's.
+    """
+
+    def __array_finalize__(self, obj):
+        self.device_id = getattr(obj, "device_id", FakeDevice.current)
 
     @property
     def data(self):
         return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    @property
+    def device(self):
+        return FakeDevice(self.device_id)
 
     def get(self):
         return np.asarray(self)
@@ -248,9 +284,8 @@ def fake_cupy():
     m.empty_like = lambda a: _fake(np.empty_like(a))
     m.asnumpy = lambda a: np.asarray(a)
     m.RawModule = _RawModule
-    device = types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": EMULATED_SMS})
-    m.cuda = types.SimpleNamespace(Device=lambda i=0: device,
-                                   runtime=types.SimpleNamespace(getDevice=lambda: 0))
+    m.cuda = types.SimpleNamespace(Device=FakeDevice,
+                                   runtime=types.SimpleNamespace(getDevice=lambda: FakeDevice.current))
     return m
 
 

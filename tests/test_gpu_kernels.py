@@ -333,3 +333,48 @@ def test_bn_with_no_channels_returns_empty_results_on_every_backend(be, B):
     assert be.kernels.bn_inference(x, gamma, gamma, gamma, gamma, 1e-5).shape == (6, 0, B)
     assert [a.shape for a in be.kernels.bn_stats(x)] == [(0,), (0,)]
     assert y.dtype == dx.dtype == be.dtype
+
+
+# ---- the device an array lives on ---------------------------------------------------------
+
+def _second_gpu(gpu):
+    """(index of a second device, its context manager factory); skips with a reason if none."""
+    if gpu is CUPY:
+        if CUPY.cuda.runtime.getDeviceCount() < 2:
+            pytest.skip("one CUDA device: the other-device tests need two")
+    return 1, gpu.cuda.Device
+
+
+def test_arrays_on_another_gpu_than_the_current_one_are_computed_there(gpu, rng):
+    """Every kernel launch runs on x's device (the emulator asserts it at each launch)."""
+    other, Device = _second_gpu(gpu)
+    x, dy = rng.standard_normal((16, 3, 5)), rng.standard_normal((16, 3, 5))
+    with Device(other):
+        x_d, dy_d, g_d, b_d = (gpu.asarray(a) for a in (x, dy, np.ones(3), np.zeros(3)))
+        rm_d, rv_d = gpu.asarray(np.zeros(3)), gpu.asarray(np.ones(3))
+    assert gpu.cuda.runtime.getDevice() != other                      # another device is current
+    y, cache = bnref.batchnorm_forward(x_d, g_d, b_d)
+    dx, dgamma, dbeta = bnref.batchnorm_backward(dy_d, cache)
+    y_inf = bnref.batchnorm_inference(x_d, g_d, b_d, rm_d, rv_d)
+    new_rm, new_rv = bnref.running_stats_update(rm_d, rv_d, x_d)
+    yl, cl = bnref.layernorm_forward(x_d, None, None)
+    for a in (y, dx, dgamma, dbeta, y_inf, new_rm, yl, bnref.layernorm_backward(dy_d, cl)[0]):
+        assert a.device.id == other
+    y_ref, cache_ref = bnref.batchnorm_forward(x, np.ones(3), np.zeros(3))
+    np.testing.assert_allclose(y.get(), y_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx.get(), bnref.batchnorm_backward(dy, cache_ref)[0], rtol=1e-9, atol=1e-11)
+
+
+def test_parameters_on_another_gpu_than_x_are_refused_naming_both(gpu, rng):
+    other, Device = _second_gpu(gpu)
+    x = gpu.asarray(rng.standard_normal((16, 3)))
+    with Device(other):
+        gamma = gpu.asarray(np.ones(3))
+    here = gpu.cuda.runtime.getDevice()
+    with pytest.raises(ValueError, match=rf"^gamma on GPU {other}, but x on GPU {here}; expected every array"):
+        bnref.batchnorm_forward(x, gamma, None)
+    y, cache = bnref.batchnorm_forward(x, None, None)
+    with Device(other):
+        dy = gpu.asarray(np.ones((16, 3)))
+    with pytest.raises(ValueError, match=rf"dy on GPU {other}, but cache.x on GPU {here}"):
+        bnref.batchnorm_backward(dy, cache)
