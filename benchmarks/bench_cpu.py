@@ -216,7 +216,7 @@ def main():
              + f"\n\nWorst default/torch: {worst:.2f}.\n\nEach pass:\n\n" + "\n".join(rows)
              + "\n\nThe first calls in a new process, in this order (float32; NC (64, 128): the serial "
              "kernels for small inputs; then NCHW (8, 64, 14, 14) and NHWC (8, 14, 14, 64): the threaded "
-             "ones): with an empty Numba cache, the first call compiles; with the cache that such a "
+             "ones): with an empty Numba cache the first call compiles every kernel the public functions use, at once and under a lock (`ensure_compiled`), so later first calls cost nothing more; with the cache that such a "
              "process left, it loads. Medians of 3 fresh processes each, against the steady-state call "
              "of the same process:\n\n" + "\n".join(first_rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)

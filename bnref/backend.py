@@ -6,9 +6,9 @@ never needs it installed.
 The CPU kernel sets (all implement the interface written down in :mod:`bnref.kernels`):
 
 - ``"numba"``: compiled and fused, the fastest; the default where numba is installed (the
-  course's requirements install it). The first call in a new environment compiles for about
-  8 s; the compiled code is cached on disk, so later processes load it in about a second
-  (``benchmarks/results/cpu.md`` has the measured costs).
+  course's requirements install it). The first call in a new environment compiles every
+  kernel at once, under a lock (about 20 s); the compiled code is cached on disk, so later
+  processes load it in about a second (``benchmarks/results/cpu.md`` has the measured costs).
 - ``"numpy"``: the same algorithms as plain NumPy array operations, tuned (BLAS sums, a
   shifted one-pass variance, buffers reused in place); the default without numba.
 - ``"reference"``: :mod:`bnref.reference`, the book's formulas line by line. The slowest, and
@@ -211,6 +211,8 @@ def get_kernels(xp: ModuleType) -> ModuleType:
                 require("numba", 'bnref.set_cpu_kernels("numba")')
             from .kernels import numba_bn  # compiled on first use, cached on disk
 
+            if not numba_bn._READY:
+                numba_bn.ensure_compiled()             # every specialisation at once, under a lock
             return numba_bn
         if name == "reference":
             from . import reference

@@ -3,9 +3,15 @@
 The CPU default where numba is installed (:mod:`bnref.backend`). They do the work in the
 minimum number of passes over memory (forward: one pass for the statistics, one to
 normalise; backward: one to reduce, one to write dx), multithreaded over rows or channels.
-The first call in a new environment compiles them (about 8 s); ``cache=True`` keeps the
+The first call in a new environment compiles them (about 20 s); ``cache=True`` keeps the
 machine code on disk (next to this file, or in numba's user cache directory where that is
 read-only), so later processes only load it.
+
+Numba's disk cache is not safe when two processes compile the same function at once (each
+writes its own index, and one process's machine code can end up filed under the other's
+signature: a crash at the next load). So :func:`ensure_compiled`, which ``bnref.backend`` calls
+before the first use, compiles (or loads) every specialisation the public functions use in one
+go, under an exclusive file lock next to the cache; other processes wait, then only load.
 
 Accumulation is in float64 (channels-last: blocks of 64 rows in the input dtype, then float64),
 after subtracting one sample per channel (the shift), so the variance is stable when
@@ -15,6 +21,10 @@ after subtracting one sample per channel (the shift), so the variance is stable 
 Each pass has a threaded kernel and a serial twin (the same Python function compiled without
 threads) for inputs below ``SMALL`` elements.
 """
+import contextlib
+import os
+import tempfile
+
 import numba as nb
 import numpy as np
 
@@ -286,3 +296,67 @@ def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
         (_affine_cols_1 if x3.size < SMALL else _affine_cols)(
             x3.reshape(A, C), center, scale, offset, y3.reshape(A, C), _chunks(A))
     return y3
+
+
+# ---------------------------------------------------------------- compile once, under a lock
+
+_READY = False
+
+
+def _cache_dir():
+    """Where numba caches this module (its locator's choice), else the temporary directory."""
+    cache = getattr(_forward_small, "_cache", None)
+    return getattr(cache, "_cache_path", None) or tempfile.gettempdir()
+
+
+@contextlib.contextmanager
+def _compile_lock():
+    """An exclusive lock, across processes, for compiling and caching this module's kernels."""
+    try:
+        import fcntl
+    except ImportError:                      # not POSIX: no lock (bnref's platforms are POSIX)
+        yield
+        return
+    try:
+        f = open(os.path.join(_cache_dir(), "bnref-compile.lock"), "a")
+    except OSError:                          # nowhere to put it: numba cannot cache there either
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_compiled():
+    """Compile or load every specialisation the public functions use, once per process.
+
+    float32 and float64; rows (B > 1) and columns (B = 1) layouts; the serial kernels for small
+    inputs and the threaded ones. About 20 s the first time in an environment, about a second
+    from the cache. Returns the number of kernel calls made.
+    """
+    global _READY, SMALL
+    if _READY:
+        return 0
+    calls = 0
+    with _compile_lock():
+        small = SMALL
+        try:
+            for dtype in (np.float32, np.float64):
+                for B in (1, 5):                                   # columns, rows
+                    x3 = np.linspace(-1.0, 1.0, 4 * 3 * B).astype(dtype).reshape(4, 3, B)
+                    vec = np.ones(3, dtype)
+                    for threshold in (2**62, 0):                    # serial, then threaded
+                        SMALL = threshold
+                        y3, mean, var, inv_std = bn_forward_train(x3, vec, vec, 1e-5)
+                        bn_backward(y3, x3, mean, inv_std, vec)
+                        bn_inference(x3, vec, vec, mean, var, 1e-5)
+                        bn_stats(x3)
+                        calls += 4
+        finally:
+            SMALL = small
+    _READY = True
+    return calls
+

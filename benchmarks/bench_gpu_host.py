@@ -1,0 +1,100 @@
+"""Host cost of the GPU path: bnref's Python work per call, with every kernel launch stubbed.
+
+On the GPU the small and medium shapes are bound by what the host does per call (argument
+checks, views, plans, scratch allocations, kernel look-ups and launches), not by the device.
+This measures that part on any machine: CuPy is replaced by the CPU stand-in of
+``tests/test_gpu_emulator.py`` whose kernels return at once, so a call costs exactly bnref's
+Python work plus the stand-in's NumPy array creation (which real CuPy pays as pool
+allocations). For scale it times, in the same run, a call of PyTorch's CPU
+``F.batch_norm`` on a tiny tensor (the framework overhead a PyTorch user already pays) and
+an empty Python function call.
+
+    python benchmarks/bench_gpu_host.py [--rounds 2000]
+
+Targets (issue 13): <= 25 us per forward and <= 20 us per backward on the 2-core course
+machine. Prints a Markdown table; writes benchmarks/results/gpu_host.md only with --write.
+"""
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+SHAPES = [((64, 128), 1, "NC"), ((32, 64, 56, 56), 1, "NCHW"), ((32, 56, 56, 64), -1, "NHWC")]
+
+
+def stubbed_cupy():
+    """The emulator's fake CuPy with kernels that do nothing, installed as ``cupy``."""
+    import test_gpu_emulator as emu
+    from bnref.kernels import cupy_bn
+
+    class _NoKernel:
+        def __call__(self, grid, block, args):
+            return None
+
+    cp = emu.FAKE_CUPY
+    sys.modules["cupy"] = cp
+    cupy_bn._cupy = lambda: cp
+    cupy_bn._kernel = lambda name, expression: _NoKernel()
+    return cp
+
+
+def per_call_us(fn, rounds):
+    """Median over 7 batches of ``rounds`` calls, in microseconds per call."""
+    fn()
+    batches = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            fn()
+        batches.append((time.perf_counter() - t0) / rounds * 1e6)
+    return statistics.median(batches), min(batches), max(batches)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2000)
+    ap.add_argument("--write", action="store_true", help="also write benchmarks/results/gpu_host.md")
+    args = ap.parse_args()
+
+    import bnref
+    cp = stubbed_cupy()
+    rows = ["| shape | layout | pass | bnref us (median) | min | max | vs torch CPU call |", "|---" * 7 + "|"]
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(1)
+    tiny = torch.zeros(2, 2)
+    torch_us = per_call_us(lambda: F.batch_norm(tiny, None, None, training=True), args.rounds)[0]
+    empty_us = per_call_us(lambda: None, args.rounds)[0]
+    for shape, axis, layout in SHAPES:
+        C = shape[axis]
+        # the stand-in's arrays hold no data here: the kernels are stubs, only shapes matter
+        x = cp.asarray(np.zeros(shape, np.float32))
+        g, b = cp.asarray(np.ones(C, np.float32)), cp.asarray(np.zeros(C, np.float32))
+        y, cache = bnref.batchnorm_forward(x, g, b, axis=axis)
+        fwd = per_call_us(lambda: bnref.batchnorm_forward(x, g, b, axis=axis), args.rounds)
+        bwd = per_call_us(lambda: bnref.batchnorm_backward(x, cache), args.rounds)
+        for name, (med, lo, hi) in (("fwd", fwd), ("bwd", bwd)):
+            rows.append(f"| {shape} | {layout} | {name} | {med:.1f} | {lo:.1f} | {hi:.1f} | {med / torch_us:.2f} |")
+        print(rows[-2], rows[-1], sep="\n", flush=True)
+    meta = (f"Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}; kernels stubbed, CuPy replaced by the emulator's NumPy stand-in; "
+            f"medians (min, max) of 7 batches of {args.rounds} calls. Same run: PyTorch CPU "
+            f"F.batch_norm on a 2x2 tensor {torch_us:.1f} us, an empty Python call {empty_us:.2f} us.")
+    table = "\n".join(rows)
+    print(f"\n{meta}\n\n{table}")
+    if args.write:
+        out = ROOT / "benchmarks" / "results" / "gpu_host.md"
+        out.write_text(f"# GPU path: host cost per call, launches stubbed\n\n{meta}\n\n{table}\n")
+        print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
