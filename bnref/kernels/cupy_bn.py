@@ -126,7 +126,15 @@ def _target_blocks():
     return _sm_count(_cupy().cuda.runtime.getDevice()) * BLOCKS_PER_SM
 
 
+@functools.lru_cache(maxsize=None)
+def _acc_ctype(acc):
+    """The C++ name of a statistics dtype (float or double)."""
+    return _ACC_CTYPE[np.dtype(acc).name]
+
+
+@functools.lru_cache(maxsize=None)
 def _ctype(dtype):
+    """(C++ type, vector width) of a dtype (or dtype name); cached: numpy computes names in Python."""
     try:
         return _TYPES[np.dtype(dtype).name]
     except KeyError:
@@ -149,14 +157,14 @@ def _plan(x3, *others):
     if A * B >= 2**31:
         raise ValueError(f"x: {A * B} values per channel; the CuPy kernels support < 2**31")
     aligned = all(a.data.ptr % 16 == 0 for a in (x3, *others))
-    return _grid_plan(A, C, B, np.dtype(x3.dtype).name, aligned, _target_blocks())
+    return _grid_plan(A, C, B, x3.dtype, aligned, _target_blocks())
 
 
 @functools.lru_cache(maxsize=1024)
-def _grid_plan(A, C, B, dtype_name, aligned, target):
+def _grid_plan(A, C, B, dtype, aligned, target):
     """See _plan. Splits the reduction dimension so that about ``target`` blocks run even when
     C is small, but never below ``MIN_ITEMS`` vectors (rows) per thread."""
-    ctype, vec = _ctype(dtype_name)
+    ctype, vec = _ctype(dtype)
     if B >= ROWS_MIN_B:
         if B % vec or not aligned:
             vec = 1
@@ -206,7 +214,7 @@ def _bn_statistics(x3, gamma, beta, eps, running=None):
     else:
         rm, rv, momentum = running
         flag = np.int32(1)
-    _kernel("bn_finalize", f"bn_finalize<{_ACC_CTYPE[acc.name]}>")(
+    _kernel("bn_finalize", f"bn_finalize<{_acc_ctype(acc)}>")(
         (C,), (FINALIZE_THREADS,),
         (part, _vector(gamma, acc), _vector(beta, acc), _scalar(eps, acc), np.int32(C),
          np.int32(P), mean, var, inv_std, params, flag, _scalar(momentum, acc), rm, rv))
@@ -270,7 +278,7 @@ def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
     C = x3.shape[1]
     acc = stat_dtype(x3.dtype)
     params = cp.empty((3, C), dtype=acc)
-    _kernel("bn_finalize", f"bn_inference_params<{_ACC_CTYPE[acc.name]}>")(
+    _kernel("bn_finalize", f"bn_inference_params<{_acc_ctype(acc)}>")(
         (-(-C // 128),), (128,),
         (_vector(running_mean, acc), _vector(running_var, acc), _vector(gamma, acc),
          _vector(beta, acc), _scalar(eps, acc), np.int32(C), params))
@@ -298,7 +306,7 @@ def bn_backward(dy3, x3, mean, inv_std, gamma):
         grid, block, (dy3, x3, mean, part, *dims))
     out = cp.empty((6, C), dtype=acc)
     dgamma, dbeta, coef = out[0], out[1], out[2:]
-    _kernel("bn_backward", f"bn_backward_finalize<{_ACC_CTYPE[acc.name]}>")(
+    _kernel("bn_backward", f"bn_backward_finalize<{_acc_ctype(acc)}>")(
         (C,), (FINALIZE_THREADS,),
         (part, mean, inv_std, _vector(gamma, acc), _scalar(A * B, acc), np.int32(C),
          np.int32(P), dgamma, dbeta, coef))
