@@ -147,6 +147,7 @@ test: test-unit test-grading test-book
 bench: $(TEST_STAMP) sandbox-deps
 	$(PY) benchmarks/bench_cpu.py
 	$(PY) benchmarks/bench_grading.py
+	$(PY) benchmarks/bench_gpu_host.py
 	-$(PY) benchmarks/bench_gpu.py
 
 clean:
