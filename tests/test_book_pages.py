@@ -37,3 +37,15 @@ def test_exercise_pages_open_in_colab_from_the_repository(built, exercise):
     page = (built / "exercises" / f"{exercise}.html").read_text()
     assert f"colab.research.google.com/github/{ORG_REPO}/blob/" in page
     assert f"exercises/{exercise}.ipynb" in page
+
+
+@pytest.mark.parametrize("chapter", sorted(p.stem for p in (ROOT / "book").glob("0*.md")))
+def test_every_figure_says_what_it_shows(built, chapter):
+    """An alt text, not the image's own file name (which is what an unlabelled plot gets)."""
+    import re
+
+    page = (built / "book" / f"{chapter}.html").read_text()
+    alts = re.findall(r'<img[^>]*\balt="([^"]*)"', page)
+    assert alts, f"{chapter} has no figures?"
+    bad = [a for a in alts if not a.strip() or a.startswith(("../_images", "_images")) or a.endswith(".png")]
+    assert not bad, f"{chapter}: figures without a description: {bad[:3]}"
