@@ -53,3 +53,16 @@ def test_processes_starting_together_on_an_empty_cache_all_get_right_answers(tmp
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
     assert before and files() == before, "a process that finds the cache complete writes nothing to it"
+
+
+def test_a_file_system_without_locks_compiles_unlocked_instead_of_failing(monkeypatch):
+    import fcntl
+
+    from bnref.kernels import numba_bn
+
+    def no_locks(f, op):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(numba_bn, "_READY", False)
+    assert numba_bn.ensure_compiled() > 0 and numba_bn._READY

@@ -323,7 +323,11 @@ def _compile_lock():
         yield
         return
     with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:                      # a file system without locks: compile unlocked
+            yield
+            return
         try:
             yield
         finally:
