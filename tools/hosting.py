@@ -153,7 +153,7 @@ def fix_readme(s, write):
     block = ("```bash\n"
              f'pip install "bnref @ {url}"   # NumPy only\n'
              'pip install "bnref[course] @ git+..."      # + matplotlib, ipywidgets, scikit-learn: the chapters\n'
-             'pip install "bnref[numba] @ git+..."       # + the compiled CPU kernels: bnref.set_cpu_kernels("numba")\n'
+             'pip install "bnref[numba] @ git+..."       # + the compiled CPU kernels, then the default\n'
              'pip install "bnref[gpu] @ git+..."         # + CuPy for CUDA 13 (gpu-cuda12: CUDA 12)\n'
              'pip install "bnref[all] @ git+..."         # course + numba: everything but the GPU\n'
              "```\n")
