@@ -99,6 +99,29 @@ class Slider:
         return Slider(self.name, values, self.value, self.label, self.fmt)
 
 
+HIDPI = 2
+"""Frames are drawn at this many device pixels per CSS pixel (sharp on HiDPI screens)."""
+MIN_FONT_PT = 10
+"""Smallest font size (points) in a frame: rcParams below it are raised to it."""
+_FONT_KEYS = ("font.size", "axes.titlesize", "axes.labelsize", "xtick.labelsize",
+              "ytick.labelsize", "legend.fontsize", "legend.title_fontsize",
+              "figure.titlesize")
+
+
+def _points(key: str):
+    """The current rcParams font size of `key` in points (named sizes like "small" resolved);
+    None where matplotlib leaves it unset (it then follows another key)."""
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+
+    value = rcParams[key]
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return FontProperties(size=value).get_size_in_points()
+    return float(value)
+
+
 def _small_png(png: bytes) -> bytes:
     """Re-encode a matplotlib PNG with a 256-colour palette: about 2-3x smaller pages.
 
@@ -144,7 +167,10 @@ class SliderFigure:
     sliders : list of Slider
         The sliders after fitting the frame budget.
     frames : list of str
-        Base64 PNG of every frame, row-major over the sliders (last slider fastest).
+        Base64 PNG of every frame, row-major over the sliders (last slider fastest), drawn at
+        ``HIDPI`` times ``dpi`` and shown ``css_width`` CSS pixels wide.
+    css_width : int
+        Displayed width in CSS pixels (``figsize[0] * dpi``; at most the column's width).
     alts : list of str
         Alt text of every frame, in the same order.
     """
@@ -155,6 +181,8 @@ class SliderFigure:
         self.alt = alt
         self.figsize = figsize
         self.dpi = dpi
+        # displayed width: figsize inches at `dpi` CSS pixels each (the bitmap has HIDPI x more)
+        self.css_width = round(figsize[0] * dpi)
         self.caption = caption
         self.uid = "bnref-slider-" + uuid.uuid4().hex[:10]
         self._cache: dict[tuple, str] = {}
@@ -173,10 +201,18 @@ class SliderFigure:
             Figure = require("matplotlib.figure", "drawing a bnref.widgets figure").Figure
 
             # a bare Figure, not pyplot: no global state, no backend, nothing left open
-            fig = Figure(figsize=self.figsize, dpi=self.dpi, layout="constrained")
-            self.draw(fig, **self._values(combo))
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=self.dpi)
+            rc_context = require("matplotlib", "drawing a bnref.widgets figure").rc_context
+
+            # Text never below MIN_FONT_PT, whatever the chapter's rcParams say.
+            sizes = {k: max(_points(k), MIN_FONT_PT) for k in _FONT_KEYS
+                     if _points(k) is not None}
+            with rc_context(sizes):
+                fig = Figure(figsize=self.figsize, dpi=self.dpi, layout="constrained")
+                self.draw(fig, **self._values(combo))
+                buf = io.BytesIO()
+                # HIDPI times the pixels of the displayed size, so frames are sharp on HiDPI
+                # screens (the <img> is shown at figsize * dpi CSS pixels).
+                fig.savefig(buf, format="png", dpi=self.dpi * HIDPI)
             self._cache[combo] = base64.b64encode(_small_png(buf.getvalue())).decode("ascii")
         return self._cache[combo]
 
@@ -237,7 +273,8 @@ class SliderFigure:
         return (
             f'<figure class="bnref-slider" id="{self.uid}" style="margin:1em 0">'
             f'<img src="data:image/png;base64,{self.frames[first]}" '
-            f'alt="{esc(self.alts[first])}" style="max-width:100%;height:auto">'
+            f'alt="{esc(self.alts[first])}" '
+            f'style="width:{self.css_width}px;max-width:100%;height:auto">'
             f'<div class="bnref-slider-controls">{"".join(controls)}</div>{caption}'
             f'<script type="application/json" class="bnref-frames">{json.dumps(data)}</script>'
             f"<script>{script}</script></figure>"
@@ -249,7 +286,8 @@ class SliderFigure:
         ipywidgets = require("ipywidgets", "the live view of a bnref.widgets figure")  # lazy: kernels only
 
         image = ipywidgets.Image(
-            value=base64.b64decode(self.frames[self._initial()]), format="png"
+            value=base64.b64decode(self.frames[self._initial()]), format="png",
+            width=str(self.css_width),     # CSS pixels: the bitmap has HIDPI x as many
         )
         controls = [
             ipywidgets.SelectionSlider(

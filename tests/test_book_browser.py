@@ -179,3 +179,62 @@ def test_page_renders_offline_with_math_and_moving_widgets(browser, server, path
         assert problems["console"] == [], f"console errors: {problems['console']}"
     finally:
         page.context.close()
+
+
+# -- Legibility: measured in the browser at a laptop's and a phone's width -------------------
+# An element may be wider than its column only inside a box that scrolls sideways by design
+# (code blocks, long equations, wide tables); nothing may widen the page itself.
+LEGIBILITY_JS = """
+() => {
+  const art = document.querySelector('article.bd-article');
+  const col = art.getBoundingClientRect();
+  const scrolls = el => {
+    for (let e = el.parentElement; e && e !== art; e = e.parentElement) {
+      const o = getComputedStyle(e).overflowX;
+      if (o === 'auto' || o === 'scroll') return true;
+    }
+    return false;
+  };
+  const wide = [];
+  // MathJax's assistive MathML is clipped to nothing: screen readers read it, no one sees it
+  for (const el of art.querySelectorAll('*:not(mjx-assistive-mml):not(mjx-assistive-mml *)')) {
+    const r = el.getBoundingClientRect();
+    if (r.width > 0 && r.right > col.right + 1 && !scrolls(el)) {
+      wide.push(`<${el.tagName.toLowerCase()} class="${el.className}"> ends at ${Math.round(r.right)} px, ` +
+                `column at ${Math.round(col.right)} px: ${(el.textContent || '').trim().slice(0, 60)}`);
+    }
+  }
+  const figures = [...art.querySelectorAll('img')].map(img => ({
+    shown: img.getBoundingClientRect().width, bitmap: img.naturalWidth, alt: img.alt || ''}));
+  return {pageWidth: document.documentElement.scrollWidth, screen: window.innerWidth,
+          wide: wide.slice(0, 10), figures};
+}
+"""
+MIN_BITMAP_RATIO = 1.5             # bitmap pixels per displayed CSS pixel: sharp on HiDPI
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize("path", PAGES)
+def test_page_fits_its_screen_with_sharp_described_figures(browser, server, path, width):
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{server}/{path}", wait_until="load")
+        page.wait_for_load_state("networkidle")
+        if has_math(page):
+            page.wait_for_selector("mjx-container", state="attached", timeout=20_000)
+        page.wait_for_timeout(300)                     # MathJax lays out after it attaches
+        m = page.evaluate(LEGIBILITY_JS)
+        assert m["pageWidth"] <= m["screen"], f"{path} at {width} px is {m['pageWidth']} px wide"
+        assert m["wide"] == [], f"{path} at {width} px: wider than the column: {m['wide']}"
+        for fig in m["figures"]:
+            if fig["shown"] < 40:                      # icons and logos
+                continue
+            assert fig["bitmap"] >= MIN_BITMAP_RATIO * fig["shown"], (
+                f"{path} at {width} px: a {fig['bitmap']} px bitmap shown {fig['shown']:.0f} px "
+                f"wide is blurry on a HiDPI screen: {fig['alt'][:60]}")
+            alt = fig["alt"].strip()
+            assert alt and " " in alt and not alt.startswith(("_build", "/", "..")), (
+                f"{path}: a figure whose alt text does not say what it shows: {alt!r}")
+    finally:
+        context.close()

@@ -162,3 +162,30 @@ def test_live_view_is_offered_to_jupyter_when_ipywidgets_is_installed():
 
 def test_slider_figure_returns_slider_figure():
     assert isinstance(small(Slider("gamma", [1])), SliderFigure)
+
+
+def png_width(b64):
+    # PNG header: width is the big-endian uint32 at bytes 16..20 of the IHDR chunk
+    return int.from_bytes(base64.b64decode(b64)[16:20], "big")
+
+
+def test_frames_have_twice_the_pixels_they_are_shown_at():
+    w = small(Slider("gamma", [0.5, 1.0]), figsize=(2, 1), dpi=40)
+    assert w.css_width == 80                              # 2 in x 40 CSS px per inch
+    assert png_width(w.frames[0]) == 2 * w.css_width      # sharp on a 2x (HiDPI) screen
+    assert 'style="width:80px;max-width:100%' in w.to_html()
+
+
+def test_no_text_in_a_frame_is_drawn_below_ten_points():
+    seen = []
+
+    def draw(fig, gamma):
+        import matplotlib as mpl
+        ax = fig.subplots()
+        seen.append(ax.set_title("t").get_fontsize())
+        seen.append(mpl.rcParams["xtick.labelsize"])
+
+    import matplotlib as mpl
+    with mpl.rc_context({"font.size": 7, "xtick.labelsize": "small"}):
+        slider_figure(draw, Slider("gamma", [1.0]), figsize=(1, 1), dpi=20)
+    assert min(seen) >= 10
