@@ -11,9 +11,9 @@ for one channel of ``m`` values:
 - ``x_centered``: :math:`x_\mu = x - \mu`;
 - ``sq``: :math:`s = x_\mu^2`;
 - ``var``: the biased batch variance, :math:`\sigma^2` (one per channel);
-- ``std``: :math:`\sigma_\epsilon = \sqrt{\sigma^2 + \epsilon}` (one per channel);
-- ``inv_std``: :math:`r = 1/\sigma_\epsilon` (one per channel);
-- ``x_hat``: :math:`\hat x = x_\mu r`;
+- ``std``: :math:`\tilde\sigma = \sqrt{\sigma^2 + \epsilon}` (one per channel);
+- ``inv_std``: :math:`1/\tilde\sigma` (one per channel);
+- ``x_hat``: :math:`\hat x = x_\mu/\tilde\sigma`;
 - ``gamma_x_hat``: :math:`\tilde y = \gamma\hat x`;
 - ``y``: :math:`y = \tilde y + \beta`.
 """
@@ -23,9 +23,8 @@ __all__ = ["BN_STAGES", "staged_backward"]
 
 #: The nodes of BN's computational graph in forward order: ``(name, inputs, forward formula,
 #: local derivative)``. The formulas are LaTeX; ``m`` is the number of values per channel,
-#: :math:`\sigma_\epsilon = \sqrt{\sigma^2 + \epsilon}` (so :math:`\sigma` alone is never
-#: the square root) and :math:`\tilde y = \gamma\hat x` (so that :math:`g` stays free for
-#: :math:`\partial L/\partial y` in the compact formula).
+#: :math:`\tilde\sigma = \sqrt{\sigma^2 + \epsilon}` (so :math:`\sigma` alone is never
+#: the square root, as in chapter 4's notation table) and :math:`\tilde y = \gamma\hat x`.
 BN_STAGES = [
     ("mean", ("x",), r"\mu = \frac{1}{m}\sum_i x_i",
      r"\partial\mu/\partial x_i = 1/m"),
@@ -35,12 +34,12 @@ BN_STAGES = [
      r"\partial s/\partial x_\mu = 2x_\mu"),
     ("var", ("sq",), r"\sigma^2 = \frac{1}{m}\sum_i s_i",
      r"\partial\sigma^2/\partial s_i = 1/m"),
-    ("std", ("var",), r"\sigma_\epsilon = \sqrt{\sigma^2 + \epsilon}",
-     r"\partial\sigma_\epsilon/\partial\sigma^2 = \frac{1}{2\sigma_\epsilon}"),
-    ("inv_std", ("std",), r"r = 1/\sigma_\epsilon",
-     r"\partial r/\partial\sigma_\epsilon = -1/\sigma_\epsilon^2"),
-    ("x_hat", ("x_centered", "inv_std"), r"\hat x = x_\mu\, r",
-     r"\partial\hat x/\partial x_\mu = r,\ \partial\hat x/\partial r = x_\mu"),
+    ("std", ("var",), r"\tilde\sigma = \sqrt{\sigma^2 + \epsilon}",
+     r"\partial\tilde\sigma/\partial\sigma^2 = \frac{1}{2\tilde\sigma}"),
+    ("inv_std", ("std",), r"\tilde\sigma^{-1} = 1/\tilde\sigma",
+     r"\partial\tilde\sigma^{-1}/\partial\tilde\sigma = -1/\tilde\sigma^2"),
+    ("x_hat", ("x_centered", "inv_std"), r"\hat x = x_\mu\,\tilde\sigma^{-1}",
+     r"\partial\hat x/\partial x_\mu = \tilde\sigma^{-1},\ \partial\hat x/\partial\tilde\sigma^{-1} = x_\mu"),
     ("gamma_x_hat", ("gamma", "x_hat"), r"\tilde y = \gamma\,\hat x",
      r"\partial\tilde y/\partial\hat x = \gamma,\ \partial\tilde y/\partial\gamma = \hat x"),
     ("y", ("gamma_x_hat", "beta"), r"y = \tilde y + \beta",
