@@ -157,6 +157,8 @@ def run(**change):
      dict(momentum="two mistakes", unbiased="unbiased one")),
     ("momentum ignored", dict(m="0.9 * running_mean + 0.1 * mean", v="0.9 * running_var + 0.1 * var"),
      dict(momentum="pass", unbiased="momentum argument is ignored", sequence="ignored")),
+    ("stale buffers (never updated)", dict(m="running_mean", v="running_var"),
+     dict(momentum="never updated (stale)", unbiased="never updated", sequence="never updated")),
 ])
 def test_running_stats_mistakes(name, change, expected):
     assert_outcomes("running_stats_update", (run(**change),), expected)

@@ -98,6 +98,12 @@ def batch_only(t):
     return _ema(t, blend=False)
 
 
+@exercise.diagnosis("the running statistics come back unchanged: the buffers are never updated (stale). "
+                    "Blend in this batch: (1 - momentum) * old + momentum * batch.")
+def not_updated(t):
+    return _ema(t, w_new=lambda m: 0.0)
+
+
 F32 = inputs.F32
 BOTH = ["running_mean", "running_var"]
 exercise.case("momentum", lambda r: [inputs.running(r, 5, 3, 10)], BOTH, tolerate=["biased_running_var"])
