@@ -20,6 +20,9 @@ module                          chapter    what is in it
 :mod:`.lp_batchnorm`            6          l_p-BN: :func:`lp_batchnorm_forward`,
                                            :func:`lp_batchnorm_backward`,
                                            :class:`LpBatchNormCache` (``norm="batch_l1"``)
+:mod:`.bugs`                    gallery    the common BN mistakes as learner functions
+                                           (:data:`BUGGY`) and :func:`grader_message`, the
+                                           autograder's message for each
 :mod:`.small_batches`           7          :func:`variance_noise`, :func:`batch_stat_spread`,
                                            :func:`small_batch_accuracy`,
                                            :func:`batch_dependence`, :func:`non_iid_accuracy`
@@ -34,6 +37,7 @@ Python floats or NumPy arrays).
 The names follow bnref's vocabulary: ``mean``, ``var``, ``inv_std`` (``1/sqrt(var + eps)``),
 ``x_hat`` and ``dy`` (the upstream gradient).
 """
+from . import bugs
 from .graph import BN_STAGES, staged_backward
 from .lp_batchnorm import LpBatchNormCache, lp_batchnorm_backward, lp_batchnorm_forward
 from .noise import centered_noise, nonstationary_noise
@@ -45,6 +49,7 @@ from .training import (ics_during_training, ics_gradient_change, init_scale_swee
                        measure_during_training, sweep, train_curves, unit_percentiles)
 
 __all__ = [
+    "bugs",
     "staged_backward", "BN_STAGES",
     "running_average", "convert_momentum", "CONVENTIONS",
     "train_curves", "sweep", "lr_sweep", "init_scale_sweep",
