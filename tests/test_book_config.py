@@ -18,6 +18,7 @@ CONTRACT_FILES = {
     "book/01_covariate_shift", "book/02_internal_covariate_shift", "book/03_bn_transform",
     "book/04_backward", "book/05_train_vs_test", "book/06_what_bn_does",
     "book/07_flaws_and_alternatives",
+    "book/playground",
     "exercises/ps1_forward/batchnorm_forward", "exercises/ps2_backward/batchnorm_backward",
     "exercises/ps3_spatial/spatial_batchnorm", "exercises/ps4_inference/fold_batchnorm",
     "exercises/ps5_alternatives/layer_and_group_norm",
@@ -39,9 +40,10 @@ def test_toc_lists_every_contract_page_once():
     assert len(files) == len(set(files))
 
 
-def test_toc_has_the_four_parts():
+def test_toc_has_the_five_parts():
+    # Explore holds the pages a learner plays with rather than reads (the BN playground).
     assert [p["caption"] for p in TOC["parts"]] == [
-        "Chapters", "Exercises", "Instructor guide", "Reference"]
+        "Chapters", "Explore", "Exercises", "Instructor guide", "Reference"]
 
 
 def test_only_toc_files_are_built():
