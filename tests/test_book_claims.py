@@ -134,6 +134,119 @@ def test_ch4_weight_gradient_orthogonal_to_weights_before_bn(rng):
     assert np.all(np.abs(cos) < 1e-5)
 
 
+def _bn_torch(x, gamma, beta, eps):
+    """BN's forward for one channel (m,) in torch float64, with mean and var as graph nodes."""
+    import torch
+    mean = x.mean()
+    var = ((x - mean) ** 2).mean()
+    x_hat = (x - mean) / torch.sqrt(var + eps)
+    return gamma * x_hat + beta, mean, var, x_hat
+
+
+def test_ch4_derivation_steps_match_autograd(rng):
+    # Steps 1 to 5 of "The compact formula, step by step", each intermediate against torch
+    import torch
+    m, eps = 10, 1e-3
+    x_np, dy = rng.normal(2.0, 3.0, size=m), rng.normal(size=m)
+    gamma, beta = 1.7, 0.3
+    x = torch.tensor(x_np, requires_grad=True)
+    y, mean, var, x_hat = _bn_torch(x, gamma, beta, eps)
+    for node in (mean, var, x_hat):
+        node.retain_grad()
+    (y * torch.tensor(dy)).sum().backward()
+    mu, s2 = x_np.mean(), x_np.var()
+    s_tilde = np.sqrt(s2 + eps)
+    xh = (x_np - mu) / s_tilde
+    np.testing.assert_allclose(x_hat.grad.numpy(), gamma * dy, rtol=1e-12)           # step 1
+    dvar = -gamma / (2 * s_tilde ** 2) * np.sum(dy * xh)                             # step 2
+    np.testing.assert_allclose(var.grad.item(), dvar, rtol=1e-10)
+    # step 3: d var / d mu = 0 at the batch mean; d var / d x_j = 2 (x_j - mu) / m
+    mu_t = torch.tensor(mu, requires_grad=True)
+    xt = torch.tensor(x_np, requires_grad=True)
+    ((xt - mu_t) ** 2).mean().backward()
+    assert abs(mu_t.grad.item()) < 1e-12
+    np.testing.assert_allclose(xt.grad.numpy(), 2 * (x_np - mu) / m, rtol=1e-12)
+    # step 4: dL/dmu summed over both paths (torch's mean.grad) is -gamma / sigma~ * sum(dy)
+    np.testing.assert_allclose(mean.grad.item(), -gamma / s_tilde * dy.sum(), rtol=1e-10)
+    # step 5: the three routes, and the compact formula
+    routes = gamma * dy / s_tilde + dvar * 2 * (x_np - mu) / m + mean.grad.item() / m
+    compact = gamma / (m * s_tilde) * (m * dy - dy.sum() - xh * np.sum(dy * xh))
+    np.testing.assert_allclose(routes, x.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(compact, x.grad.numpy(), rtol=1e-10)
+
+
+def _bn_jacobian(x_col, gamma, eps):
+    _, cache = _bn(x_col[:, None], np.array([gamma]), np.array([0.0]), eps=eps)
+    m, xh, s_tilde = len(x_col), cache.x_hat[:, 0], 1 / cache.inv_std[0]
+    J = gamma / (m * s_tilde) * (m * np.eye(m) - np.ones((m, m)) - np.outer(xh, xh))
+    return J, xh, s_tilde, cache.var[0]
+
+
+def test_ch4_jacobian_formula_matches_bnref_backward_column_by_column(rng):
+    m, gamma, eps = 12, 1.3, 1e-5
+    x_col = rng.normal(1.0, 2.0, size=m)
+    J, _, _, _ = _bn_jacobian(x_col, gamma, eps)
+    _, cache = _bn(x_col[:, None], np.array([gamma]), np.array([0.0]), eps=eps)
+    # row i of J is dx for dy = e_i (dx = J^T dy)
+    rows = np.stack([bnref.batchnorm_backward(np.eye(m)[:, i:i + 1], cache)[0][:, 0] for i in range(m)])
+    np.testing.assert_allclose(rows, J, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(J, J.T, atol=1e-15)
+
+
+def test_ch4_jacobian_null_space_and_eigenvalues_on_digits():
+    from bnref.data import load_digits
+    X_train = load_digits()[0]
+    m, col, gamma, eps = 32, 42, 1.5, 1e-5
+    x_col = X_train[:m, col].astype(np.float64)
+    J, xh, s_tilde, var = _bn_jacobian(x_col, gamma, eps)
+    h = 1e-5
+    J_num = np.stack([(_bn((x_col + h * e)[:, None], np.array([gamma]), np.array([0.2]), eps=eps)[0]
+                       - _bn((x_col - h * e)[:, None], np.array([gamma]), np.array([0.2]), eps=eps)[0])[:, 0]
+                      / (2 * h) for e in np.eye(m)], axis=1)
+    assert np.abs(J_num - J).max() < 1e-7
+    assert np.linalg.norm(J @ np.ones(m)) < 1e-12                                   # J 1 = 0
+    eps_term = gamma / s_tilde * eps / (var + eps)
+    np.testing.assert_allclose(J @ xh, eps_term * xh, rtol=1e-6, atol=1e-13)       # J x_hat ~ 0
+    eig = np.sort(np.linalg.eigvalsh(J))
+    assert abs(eig[0]) < 1e-12 and abs(eig[1] - eps_term) < 1e-10
+    np.testing.assert_allclose(eig[2:], gamma / s_tilde, rtol=1e-10)                # m - 2 of them
+    J0, xh0, _, _ = _bn_jacobian(x_col, gamma, 1e-14)                               # eps -> 0: x_hat
+    assert np.linalg.norm(J0 @ xh0) < 1e-10                                          # is in the null space
+
+
+@pytest.mark.parametrize("gamma, dy, dx", [
+    (1.0, [1.0, 0.0, 0.0], [0.2041, -0.4082, 0.2041]),     # self-check drill 2
+    (2.0, [0.0, 1.0, 0.0], [-0.8165, 1.6330, -0.8165]),    # drill 3
+    (0.7, [2.0, 5.0, 8.0], [0.0, 0.0, 0.0]),               # drill 4: dy in span(1, x_hat)
+])
+def test_ch4_self_check_drills_m3(gamma, dy, dx):
+    x = np.array([[1.0], [2.0], [3.0]])
+    _, cache = _bn(x, np.array([gamma]), np.array([0.0]), eps=1e-12)                 # the drills' eps = 0
+    np.testing.assert_allclose(cache.x_hat[:, 0], [-1.2247, 0, 1.2247], atol=5e-5)
+    got = bnref.batchnorm_backward(np.array(dy)[:, None], cache)[0][:, 0]
+    np.testing.assert_allclose(got, dx, atol=5e-5)
+
+
+def test_ch4_self_check_eval_mode_shortcut_is_wrong_in_training_mode():
+    # self-check 5: drill 2 with the "gamma / sigma~ times dy" shortcut, against training mode
+    x, dy = np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [0.0], [0.0]])
+    _, cache = _bn(x, np.array([1.0]), np.array([0.0]), eps=1e-12)
+    shortcut = dy * cache.inv_std                                                   # eval-mode backward
+    np.testing.assert_allclose(shortcut[:, 0], [1.2247, 0, 0], atol=5e-5)
+    dx = bnref.batchnorm_backward(dy, cache)[0]
+    assert np.abs(shortcut - dx).max() > 1.0
+
+
+def test_ch4_gradient_arriving_at_mean_is_minus_gamma_over_sigma_tilde_sum_dy(rng):
+    # self-check 1: the widget's step 9; the path through var adds nothing to it
+    x = rng.normal(2.0, 3.0, size=(8, 4))
+    gamma, beta, dy = rng.uniform(0.5, 2, 4), rng.normal(size=4), rng.normal(size=(8, 4))
+    values, grads, contribs = staged_backward(x, gamma, beta, dy)
+    np.testing.assert_allclose(grads["mean"], -gamma * values["inv_std"] * dy.sum(axis=0), rtol=1e-10)
+    from_sq = contribs[("sq", "x_centered")]
+    assert np.abs(from_sq).max() > 1e-2 and np.abs(from_sq.sum(axis=0)).max() < 1e-10
+
+
 # ------------------------------------------------------------------------- chapter 5
 
 def test_ch5_layer_running_stats_follow_the_pytorch_convention(rng):
@@ -391,3 +504,69 @@ def test_ch1_on_a_whitened_quadratic_the_step_size_decides_and_the_best_is_two_o
     etas = np.linspace(0.01, 2 / lam[1], 2001)
     worst = np.max(np.abs(1 - etas[:, None] * lam[None, :]), axis=1)
     assert abs(etas[np.argmin(worst)] - 2 / lam.sum()) < 2 * (etas[1] - etas[0])
+
+
+@pytest.mark.parametrize("G", [1, 2, 4])
+def test_ch7_groupnorm_backward_is_bn_formula_per_example_and_group(rng, G):
+    # "GroupNorm's backward": dx from the per-(example, group) formula with g = gamma_c * dy
+    N, C, H, W = 3, 4, 5, 5
+    x, dy = rng.normal(1.0, 2.0, size=(N, C, H, W)), rng.normal(size=(N, C, H, W))
+    gamma, beta = rng.uniform(0.5, 2.0, C), rng.normal(size=C)
+    _, cache = bnref.groupnorm_forward(x, gamma, beta, num_groups=G)
+    dx, dgamma, dbeta = bnref.groupnorm_backward(dy, cache)
+    K = C // G * H * W
+    rows = x.reshape(N * G, K)                                                   # (N*G, K)
+    inv_std = 1 / np.sqrt(rows.var(1, keepdims=True) + 1e-5)
+    x_hat = (rows - rows.mean(1, keepdims=True)) * inv_std
+    g = (dy * gamma[None, :, None, None]).reshape(N * G, K)
+    expected = inv_std / K * (K * g - g.sum(1, keepdims=True) - x_hat * (g * x_hat).sum(1, keepdims=True))
+    np.testing.assert_allclose(dx, expected.reshape(x.shape), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dgamma, (dy * x_hat.reshape(x.shape)).sum(axis=(0, 2, 3)), rtol=1e-10)
+    np.testing.assert_allclose(dbeta, dy.sum(axis=(0, 2, 3)), rtol=1e-12)
+    assert np.abs(dx.reshape(N * G, K).sum(1)).max() < 1e-10                    # zero sum per group
+    num = bnref.numerical_gradient(lambda x_: bnref.groupnorm_forward(x_, gamma, beta, num_groups=G)[0],
+                                   x.copy(), dy)
+    assert bnref.relative_error(dx, num) < 1e-6
+    if G == 1:                                                                   # LayerNorm over (C, H, W)
+        gamma_ln = np.broadcast_to(gamma[:, None, None], (C, H, W)).copy()
+        beta_ln = np.broadcast_to(beta[:, None, None], (C, H, W)).copy()
+        _, cache_ln = bnref.layernorm_forward(x, gamma_ln, beta_ln, normalized_ndim=3)
+        np.testing.assert_allclose(bnref.layernorm_backward(dy, cache_ln)[0], dx, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------- self-check drills
+# Each drill's answer is read from the chapter's markdown and recomputed here.
+
+def _self_check_answer(chapter, title_start):
+    """The body of the self-check admonition of `chapter` whose title starts with `title_start`."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "book" / chapter).read_text()
+    start = text.index("````{admonition} " + title_start)
+    return text[start:text.index("\n````\n", start)]
+
+
+def test_ch3_self_check_drill_bn_of_1_2_3_6():
+    body = _self_check_answer("03_bn_transform.md", "7. Drill")
+    y, cache = bnref.batchnorm_forward(np.array([[1.0], [2.0], [3.0], [6.0]]), np.array([2.0]),
+                                       np.array([1.0]), eps=1e-12)   # bnref refuses eps = 0
+    assert cache.mean[0] == 3.0 and cache.var[0] == 3.5 and "3.5" in body
+    assert "[" + ", ".join(f"{v:.4f}" for v in cache.x_hat[:, 0]) + "]" in body
+    assert "[" + ", ".join(f"{v:.4f}" for v in y[:, 0]) + "]" in body
+
+
+def test_ch5_self_check_drill_running_mean_after_10_updates():
+    body = _self_check_answer("05_train_vs_test.md", "6. Drill")
+    batches = [np.full((4, 1), 2.0)] * 10                     # every batch has mean 2
+    means, _ = running_average(batches, "pytorch", 0.1)
+    assert abs(means[-1, 0] - (1 - 0.9 ** 10) * 2) < 1e-12
+    assert f"{means[-1, 0]:.4f}" in body
+
+
+def test_ch5_self_check_drill_bessel_factor_for_m4_and_widget_prompt():
+    body = _self_check_answer("05_train_vs_test.md", "7. Drill")
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    layer_factor = x.var(axis=0, ddof=1) / x.var(axis=0)
+    np.testing.assert_allclose(layer_factor, 4 / 3)
+    assert f"{4 / 3:.4f}" in body
+    prompt = _self_check_answer("05_train_vs_test.md", "Predict first")
+    assert f"{100 * (1 - 0.99 ** 100):.0f}\\%" in prompt
