@@ -12,10 +12,13 @@ Autograding runs each submission's code in a bubblewrap sandbox and decides ever
 cell outside it (``bnref/grading/nbgrader_ext.py``). See ``book/instructor_guide.md``.
 """
 from nbconvert.preprocessors import ClearMetadataPreprocessor
-from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearOutput,
-                                    DeduplicateIds, LimitOutput, OverwriteCells,
-                                    OverwriteKernelspec, SaveAutoGrades)
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests,
+                                    ClearMarkScheme, ClearOutput, ClearSolutions,
+                                    ComputeChecksums, DeduplicateIds, InstantiateTests,
+                                    LimitOutput, LockCells, OverwriteCells,
+                                    OverwriteKernelspec, SaveAutoGrades, SaveCells)
 
+from bnref.grading.header import IncludeHeaderAfterTitle
 from bnref.grading.nbgrader_ext import RestoreTestCells, SandboxedGrading
 
 c = get_config()  # noqa: F821  (injected by nbgrader)
@@ -26,8 +29,23 @@ c.CourseDirectory.release_directory = "exercises"
 # Only notebooks are part of an assignment; nothing else in solutions/<ps>/ is released.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback"]
 
-# Instructions shown at the top of every student notebook.
+# Instructions shown at the top of every student notebook, under its title: nbgrader's own
+# IncludeHeaderFooter would put them above it (bnref/grading/header.py).
 c.IncludeHeaderFooter.header = "solutions/header.ipynb"
+c.GenerateAssignment.preprocessors = [
+    IncludeHeaderAfterTitle,
+    InstantiateTests,
+    LockCells,
+    ClearSolutions,
+    ClearOutput,
+    CheckCellMetadata,
+    ComputeChecksums,
+    SaveCells,
+    ClearHiddenTests,
+    ClearMarkScheme,
+    ComputeChecksums,
+    CheckCellMetadata,
+]  # nbgrader 0.9.6's list, the header step replaced
 
 # Autograding, step 1 (sanitising the submission): every cell's nbgrader metadata comes from
 # the gradebook (a learner's cell cannot pose as a graded one), test cells that were deleted
