@@ -6,6 +6,7 @@ stateful layer is :class:`bnref.BatchNorm`. Each function checks its arguments
 and calls the kernel set that :mod:`bnref.backend` chooses; the formulas themselves are in
 :mod:`bnref.reference`. LayerNorm and GroupNorm are in :mod:`bnref.norms`.
 """
+import contextlib
 from dataclasses import dataclass
 from math import prod
 from typing import Any, Optional
@@ -13,12 +14,24 @@ from typing import Any, Optional
 from . import _args
 from . import _validate as v
 from ._typing import Array
-from .backend import get_array_module, get_kernels
+from .backend import get_array_module, get_kernels, is_cupy_array
+from .kernels import cupy_bn
 
 __all__ = [
     "BatchNormCache", "batchnorm_forward", "batchnorm_backward", "batchnorm_inference",
     "batch_statistics", "running_stats_update",
 ]
+
+_HOST = contextlib.nullcontext()
+
+
+def _on_device(x, others=None, x_name="x"):
+    """``with _on_device(x):`` runs the block on x's GPU, so that the arrays it makes (views,
+    copies, parameters, results) and the kernels it launches are where x lives, whatever device
+    is current. CuPy arrays in ``others`` (name -> array) on another GPU are refused by name
+    (:func:`bnref.kernels.cupy_bn.device_scope`). Nothing is switched when x is a NumPy array
+    or its GPU is current already (the common case costs one device query)."""
+    return cupy_bn.device_scope(x, others, x_name) if is_cupy_array(x) else _HOST
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +97,12 @@ def batchnorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], e
     NaN or infinity in ``x`` propagates, as in PyTorch: every output of an affected channel
     becomes NaN; nothing is silently dropped.
 
+    On the GPU (CuPy arrays) the work runs on x's device, whichever is current, and ``gamma``
+    or ``beta`` on another GPU is a ValueError naming it. Subnormal values (magnitude below
+    ``2**-126``, about 1.2e-38) of bfloat16 and float32 inputs and outputs are flushed to zero
+    there, because CuPy compiles every kernel with ``-ftz=true``; PyTorch and the CPU kernels
+    keep them. float16 and float64 are not affected.
+
     Examples
     --------
     >>> import numpy as np
@@ -94,7 +113,7 @@ def batchnorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], e
     """
     xp, axis, C = _args.prepare(x, gamma, beta, eps, axis)
     v.check_training_batch(x, axis)
-    with _args.on_device(x):
+    with _on_device(x):
         y3, mean, var, inv_std = get_kernels(xp).bn_forward_train(
             _args.as_acb(x, axis), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp), float(eps))
     y = y3.reshape(x.shape)                                     # (A, C, B) -> x's shape, C-contiguous
@@ -128,9 +147,12 @@ def batchnorm_backward(dy: Array, cache: BatchNormCache) -> tuple[Array, Array, 
     >>> np.allclose(dx.sum(axis=0), 0)   # dx has zero mean per channel
     True
     """
-    xp, x, dy = _args.backward_inputs(dy, cache, BatchNormCache, "batchnorm_forward")
-    C = x.shape[cache.axis]
-    with _args.on_device(x):
+    x = getattr(cache, "x", None)       # (anything not a BatchNormCache is refused below)
+    saved = {"cache.mean": getattr(cache, "mean", None), "cache.inv_std": getattr(cache, "inv_std", None),
+             "cache.gamma": getattr(cache, "gamma", None)}     # (dy: checked in backward_inputs)
+    with _on_device(x, saved, "cache.x"):       # dy's conversion to x's dtype included
+        xp, x, dy = _args.backward_inputs(dy, cache, BatchNormCache, "batchnorm_forward")
+        C = x.shape[cache.axis]
         dx3, dgamma, dbeta = get_kernels(xp).bn_backward(
             _args.as_acb(dy, cache.axis), _args.as_acb(x, cache.axis),
             cache.mean, cache.inv_std, _args.param(cache.gamma, C, 1, x, xp))
@@ -169,7 +191,7 @@ def batchnorm_inference(x: Array, gamma: Optional[Array], beta: Optional[Array],
                                 ("running_mean", "running_var"))
     v.check_vector("running_mean", running_mean, C, x, xp)
     v.check_vector("running_var", running_var, C, x, xp)
-    with _args.on_device(x):
+    with _on_device(x):
         y3 = get_kernels(xp).bn_inference(
             _args.as_acb(x, axis), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp),
             _args.param(running_mean, C, 0, x, xp), _args.param(running_var, C, 1, x, xp), float(eps))
@@ -191,7 +213,7 @@ def batch_statistics(x: Array, axis: int = 1) -> tuple[Array, Array]:
     xp = get_array_module(x, names=("x",))
     v.check_float_array("x", x, xp, min_ndim=2)
     axis = v.channel_axis(x, axis)
-    with _args.on_device(x):
+    with _on_device(x):
         return get_kernels(xp).bn_stats(_args.as_acb(x, axis))     # (C,), (C,)
 
 
@@ -239,7 +261,7 @@ def running_stats_update(running_mean: Array, running_var: Array, x: Array, mome
     v.check_momentum(momentum)
     m = v.check_training_batch(x, axis)
     mean, var = batch_statistics(x, axis)
-    with _args.on_device(x):
+    with _on_device(x):
         return _ema(running_mean, running_var, mean, var, m, momentum, num_batches_tracked)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from . import _args
 from . import _validate as v
 from ._typing import Array
-from .functional import _ema, batchnorm_backward, batchnorm_forward, batchnorm_inference
+from .functional import _ema, _on_device, batchnorm_backward, batchnorm_forward, batchnorm_inference
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "IncompatibleKeys"]
 
@@ -286,10 +286,14 @@ class BatchNorm:
                                     self.eps, self.axis)
             self._cache = ("eval", x)
             return y
-        y, cache = batchnorm_forward(x, self.gamma, self.beta, self.eps, self.axis)
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
-            with _args.on_device(x):
+        update = self.training and self.track_running_stats
+        # On x's GPU (the new running statistics are made there); running statistics on another
+        # GPU are refused by name before anything runs, so an update never fails half-way.
+        with _on_device(x, {"running_mean": self.running_mean, "running_var": self.running_var}
+                        if update else None):
+            y, cache = batchnorm_forward(x, self.gamma, self.beta, self.eps, self.axis)
+            if update:
+                self.num_batches_tracked += 1
                 self.running_mean, self.running_var = _ema(
                     self.running_mean, self.running_var, cache.mean, cache.var, cache.m,
                     self.momentum, self.num_batches_tracked)
@@ -304,8 +308,9 @@ class BatchNorm:
         if mode == "train":
             dx, dgamma, dbeta = batchnorm_backward(dy, saved)
         else:
-            _args.check_devices(("x", "dy"), (saved, dy))
-            with _args.on_device(saved):
+            _args.check_devices(("x", "dy", "running_mean", "running_var", "gamma"),
+                                (saved, dy, self.running_mean, self.running_var, self.gamma))
+            with _on_device(saved):
                 dx, dgamma, dbeta = self._eval_backward(dy, saved)
         self.dgamma = dgamma if self.gamma is not None else None
         self.dbeta = dbeta if self.beta is not None else None

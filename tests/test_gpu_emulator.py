@@ -231,8 +231,28 @@ class FakeDevice:
         FakeDevice.current = self._outer
 
 
+class _Pointer:
+    """``cupy.cuda.MemoryPointer``'s ``ptr`` and ``device_id``; ``ptr`` is computed only when
+    asked (NumPy's ``ctypes.data`` costs microseconds, which would swamp a device check in
+    benchmarks/bench_gpu_host.py, where CuPy reads a field)."""
+
+    __slots__ = ("_array",)
+
+    def __init__(self, array):
+        self._array = array
+
+    @property
+    def ptr(self):
+        return self._array.ctypes.data
+
+    @property
+    def device_id(self):
+        return self._array.device_id
+
+
 class FakeArray(np.ndarray):
-    """A NumPy array with the CuPy attributes the wrappers use: ``data.ptr`` and ``device``.
+    """A NumPy array with the CuPy attributes the wrappers use: ``data.ptr``, ``data.device_id``
+    and ``device``.
 
     An array lives on the device that was current when it was made; views keep their base's.
     """
@@ -242,7 +262,8 @@ class FakeArray(np.ndarray):
 
     @property
     def data(self):
-        return types.SimpleNamespace(ptr=self.ctypes.data)
+        """CuPy's MemoryPointer: the address and the device it is on."""
+        return _Pointer(self)
 
     @property
     def device(self):

@@ -378,3 +378,120 @@ def test_parameters_on_another_gpu_than_x_are_refused_naming_both(gpu, rng):
         dy = gpu.asarray(np.ones((16, 3)))
     with pytest.raises(ValueError, match=rf"dy on GPU {other}, but cache.x on GPU {here}"):
         bnref.batchnorm_backward(dy, cache)
+
+
+# ---- subnormals: CuPy compiles with -ftz=true --------------------------------------------------
+#
+# CuPy appends -ftz=true to every RawModule's options (cupy/cuda/compiler.py,
+# _compile_with_cache_cuda), after the caller's, and NVRTC honours the last occurrence, so
+# float32 arithmetic in these kernels flushes subnormal inputs and results to zero: bfloat16 and
+# float32 values below 2**-126 (1.18e-38) in magnitude become 0 on the GPU. (float16 is not
+# affected: its subnormals are normal floats; float64 is not either: -ftz is for float32 only.)
+# PyTorch's kernels keep them. The tests below pin the flag (NVRTC, no GPU), show the kernels'
+# own rounding is right when nothing flushes (the emulator: g++ does not flush), and pin what a
+# GPU does (skips without one).
+
+F32_TINY = float(np.finfo(np.float32).tiny)     # 2**-126, the smallest normal float32
+
+
+def _nvrtc_ptx(name, options):
+    """PTX of cuda/<name>.cu compiled by NVRTC for compute_90 with ``options``."""
+    import ctypes
+    import glob
+    import os
+    from test_cuda_compile import NVRTC
+    if NVRTC is None:
+        pytest.skip("libnvrtc not found (CUDA toolkit or pip nvidia-cuda-nvrtc)")
+    for builtins in glob.glob(os.path.join(os.path.dirname(NVRTC), "libnvrtc-builtins.so*")):
+        if ".alt." not in builtins:
+            ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(NVRTC)
+    from bnref.kernels import cupy_bn
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), cupy_bn.module_source(name).encode(),
+                                  f"{name}.cu".encode(), 0, None, None) == 0
+    try:
+        for e in cupy_bn.NAME_EXPRESSIONS[name]:
+            assert lib.nvrtcAddNameExpression(prog, e.encode()) == 0, e
+        opts = [o.encode() for o in (*options, "--gpu-architecture=compute_90")]
+        status = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        assert status == 0, log.value.decode(errors="replace")
+        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        ptx = ctypes.create_string_buffer(size.value)
+        assert lib.nvrtcGetPTX(prog, ptx) == 0
+        return ptx.value.decode(), log.value.decode(errors="replace")
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def _f32_arithmetic(ptx):
+    """(flushing, non-flushing) counts of float32 add/sub/mul/fma instructions in ``ptx``."""
+    import re
+    ops = re.findall(r"\b(?:add|sub|mul|fma)(?:\.rn|\.rz|\.rm|\.rp)?(\.ftz)?(?:\.sat)?\.f32\b", ptx)
+    return sum(1 for o in ops if o), sum(1 for o in ops if not o)
+
+
+def test_cupy_compile_flushes_float32_subnormals_and_our_options_cannot_undo_it():
+    """What CuPy compiles (our options, then its -ftz=true) flushes; -ftz=false in our options
+    would be overridden by CuPy's later -ftz=true (and warned about), so it is not there."""
+    from bnref.kernels import cupy_bn
+    assert not any("ftz" in o for o in cupy_bn.COMPILE_OPTIONS)
+    as_cupy, _ = _nvrtc_ptx("bn_normalize", (*cupy_bn.COMPILE_OPTIONS, "-ftz=true"))
+    flushing, keeping = _f32_arithmetic(as_cupy)
+    assert flushing > 0 and keeping == 0, (flushing, keeping)
+    overridden, log = _nvrtc_ptx("bn_normalize", (*cupy_bn.COMPILE_OPTIONS, "-ftz=false", "-ftz=true"))
+    assert _f32_arithmetic(overridden) == (flushing, 0)
+    assert "ftz" in log.lower()                     # NVRTC warns that one -ftz overrides another
+    without, _ = _nvrtc_ptx("bn_normalize", cupy_bn.COMPILE_OPTIONS)  # what nvcc's default gives
+    assert _f32_arithmetic(without) == (0, flushing)
+
+
+def _subnormal_outputs_case(xp, dtype):
+    """bn_inference inputs whose outputs y = x * scale (float32) span the float32 subnormal
+    range, with a few normal ones; returns (y from the kernels, want as NumPy rounds it, the
+    float32 values before rounding)."""
+    from bnref.kernels import cupy_bn
+    rng = np.random.default_rng(11)
+    C = 4
+    x = (rng.uniform(1e-10, 1e-8, (16, C, 32)) * rng.choice([-1, 1], (16, C, 32))).astype(dtype)
+    gamma = np.array([1e-30, 3e-31, 7e-29, 1e-20], np.float32)   # the last channel stays normal
+    zero, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    y = cupy_bn.bn_inference(xp.asarray(x), xp.asarray(gamma), xp.asarray(zero), xp.asarray(zero),
+                             xp.asarray(rv), 1e-5)
+    f32 = np.float32
+    scale = gamma * (f32(1) / np.sqrt(rv + f32(1e-5)))           # float32, as the kernels do
+    exact = x.astype(f32) * scale[:, None]
+    return np.asarray(y.get() if hasattr(y, "get") else y), exact.astype(dtype), exact
+
+
+@pytest.mark.skipif(BFLOAT16 is None, reason="bfloat16 needs ml_dtypes (not installed)")
+def test_kernels_round_subnormal_bfloat16_outputs_right_where_nothing_flushes(monkeypatch):
+    """On the emulator (the host does not flush) subnormal bfloat16 outputs come out bit for
+    bit as ml_dtypes rounds them: the flush on a GPU is the compile flag, not the kernels."""
+    from test_gpu_emulator import use_emulator
+    y, want, exact = _subnormal_outputs_case(use_emulator(monkeypatch), BFLOAT16)
+    sub = (np.abs(exact) < F32_TINY) & (exact != 0)
+    assert sub.mean() > 0.5 and np.any(want.astype(np.float32)[sub] != 0)
+    assert np.array_equal(y.view(np.uint16), want.view(np.uint16))
+
+
+@pytest.mark.gpu
+def test_gpu_flushes_subnormal_bfloat16_outputs_to_zero():
+    """Pins the GPU's behaviour: outputs below 2**-126 are (signed) zero, the rest as NumPy."""
+    if CUPY is None:
+        pytest.skip(NO_GPU_REASON)
+    if BFLOAT16 is None:
+        pytest.skip("bfloat16 needs ml_dtypes (not installed)")
+    try:
+        CUPY.asarray(np.zeros(2, BFLOAT16))
+    except Exception as exc:
+        pytest.skip(f"this CuPy has no bfloat16 arrays ({type(exc).__name__}: {exc})")
+    y, want, exact = _subnormal_outputs_case(CUPY, BFLOAT16)
+    sub = np.abs(exact) < F32_TINY
+    assert sub.mean() > 0.5
+    assert np.all(y.astype(np.float32)[sub] == 0), "subnormal outputs kept: has CuPy dropped -ftz=true?"
+    assert np.array_equal(y.view(np.uint16)[~sub], want.view(np.uint16)[~sub])

@@ -18,9 +18,22 @@ CuPy is imported on first use, never at import time. Kernels are compiled once p
 and float64; statistics and parameter gradients are float32 for the 16-bit types, else the
 input's dtype. No function here synchronises with the device: kernels are queued on the
 current stream, and the results are ready when that stream reaches them.
+
+Devices: every entry point runs on its x's GPU (:func:`device_scope`), whatever device is
+current, and refuses any other array argument that lives on another GPU (a ValueError naming
+it). Results are on x's device.
+
+Subnormals are flushed to zero. CuPy appends ``-ftz=true`` to every RawModule's options, after
+ours (NVRTC honours the last, so ``-ftz=false`` here would be overridden), which makes all
+float32 arithmetic flush subnormal inputs and results: bfloat16 and float32 values with
+magnitude below ``2**-126`` (about 1.18e-38) are read and written as (signed) zero. float16 is
+not affected (its subnormals are normal floats), nor float64. PyTorch's kernels and the CPU
+kernel sets keep subnormals, so such values differ there; tests/test_gpu_kernels.py pins both
+the compile flag and the GPU's behaviour.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from pathlib import Path
@@ -101,6 +114,34 @@ def module_source(name):
 def _cupy():
     import cupy  # lazily: CPU-only machines never import it
     return cupy
+
+
+_SAME_DEVICE = contextlib.nullcontext()    # reusable: entering and leaving it does nothing
+
+
+def device_scope(x, others=None, x_name="x"):
+    """``with device_scope(x, {"gamma": gamma, ...}):`` runs the block on x's GPU.
+
+    Kernels, scratch buffers and results go to the *current* device, so an array on device 1
+    while device 0 is current would be read through an illegal address (which breaks the CUDA
+    context for the rest of the process). Every CuPy array in ``others`` (name -> array or
+    None; NumPy arrays and None are skipped) must live on x's device: one elsewhere is a
+    ValueError naming it, its device and x's. When x's device is already current (the usual
+    case) nothing is switched: ``cupy.cuda.Device`` would call ``cudaSetDevice`` on every exit.
+    """
+    cp = _cupy()
+    dev = x.data.device_id
+    if others:
+        ndarray = cp.ndarray
+        for name, a in others.items():
+            if isinstance(a, ndarray) and a.data.device_id != dev:
+                raise ValueError(
+                    f"{name} on GPU {a.data.device_id}, but {x_name} on GPU {dev}; expected every "
+                    f"array on {x_name}'s device (copy it over with cupy.asarray inside "
+                    f"`with cupy.cuda.Device({dev}):`)")
+    if dev == cp.cuda.runtime.getDevice():
+        return _SAME_DEVICE
+    return cp.cuda.Device(dev)
 
 
 @functools.lru_cache(maxsize=None)
@@ -234,13 +275,14 @@ def bn_stats(x3):
 
     Used by ``bnref.batch_statistics``. Does not synchronise.
     """
-    cp = _cupy()
-    x3 = cp.ascontiguousarray(x3)
-    if x3.shape[1] == 0:
-        return _no_channels(x3, 2)[1:]
-    C, acc = x3.shape[1], stat_dtype(x3.dtype)
-    mean, var, _, _ = _bn_statistics(x3, cp.ones(C, acc), cp.zeros(C, acc), 1.0)
-    return mean, var
+    with device_scope(x3):
+        cp = _cupy()
+        x3 = cp.ascontiguousarray(x3)
+        if x3.shape[1] == 0:
+            return _no_channels(x3, 2)[1:]
+        C, acc = x3.shape[1], stat_dtype(x3.dtype)
+        mean, var, _, _ = _bn_statistics(x3, cp.ones(C, acc), cp.zeros(C, acc), 1.0)
+        return mean, var
 
 
 def _bn_apply(x3, params):
@@ -257,32 +299,37 @@ def bn_forward_train(x3, gamma, beta, eps):
     """Training-mode forward on the GPU. Returns ``(y3, mean, var, inv_std)``.
 
     ``var`` is biased; statistics are float32 for 16-bit inputs. Two passes over x3
-    (statistics, then normalise). Does not synchronise.
+    (statistics, then normalise). Subnormal bfloat16 / float32 values are flushed to zero
+    (CuPy compiles with ``-ftz=true``; see the module docstring). Does not synchronise.
     """
-    x3 = _cupy().ascontiguousarray(x3)
-    if x3.shape[1] == 0:
-        return _no_channels(x3, 3)
-    mean, var, inv_std, params = _bn_statistics(x3, gamma, beta, eps)
-    return _bn_apply(x3, params), mean, var, inv_std
+    with device_scope(x3, {"gamma": gamma, "beta": beta}):
+        x3 = _cupy().ascontiguousarray(x3)
+        if x3.shape[1] == 0:
+            return _no_channels(x3, 3)
+        mean, var, inv_std, params = _bn_statistics(x3, gamma, beta, eps)
+        return _bn_apply(x3, params), mean, var, inv_std
 
 
 def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
     """Inference-mode forward: per-channel affine map with the running statistics.
 
+    Subnormal bfloat16 / float32 outputs are flushed to zero (see the module docstring).
     Does not synchronise.
     """
-    cp = _cupy()
-    x3 = cp.ascontiguousarray(x3)
-    if x3.size == 0:                                            # no channels, or no examples
-        return cp.empty_like(x3)
-    C = x3.shape[1]
-    acc = stat_dtype(x3.dtype)
-    params = cp.empty((3, C), dtype=acc)
-    _kernel("bn_finalize", f"bn_inference_params<{_acc_ctype(acc)}>")(
-        (-(-C // 128),), (128,),
-        (_vector(running_mean, acc), _vector(running_var, acc), _vector(gamma, acc),
-         _vector(beta, acc), _scalar(eps, acc), np.int32(C), params))
-    return _bn_apply(x3, params)
+    with device_scope(x3, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
+                           "running_var": running_var}):
+        cp = _cupy()
+        x3 = cp.ascontiguousarray(x3)
+        if x3.size == 0:                                            # no channels, or no examples
+            return cp.empty_like(x3)
+        C = x3.shape[1]
+        acc = stat_dtype(x3.dtype)
+        params = cp.empty((3, C), dtype=acc)
+        _kernel("bn_finalize", f"bn_inference_params<{_acc_ctype(acc)}>")(
+            (-(-C // 128),), (128,),
+            (_vector(running_mean, acc), _vector(running_var, acc), _vector(gamma, acc),
+             _vector(beta, acc), _scalar(eps, acc), np.int32(C), params))
+        return _bn_apply(x3, params)
 
 
 def bn_backward(dy3, x3, mean, inv_std, gamma):
@@ -291,29 +338,30 @@ def bn_backward(dy3, x3, mean, inv_std, gamma):
     dgamma and dbeta are in the statistics dtype (float32 for 16-bit inputs). Two passes
     over (dy3, x3): per-channel sums, then dx. Does not synchronise.
     """
-    cp = _cupy()
-    x3 = cp.ascontiguousarray(x3)
-    dy3 = cp.ascontiguousarray(dy3, dtype=x3.dtype)
-    if x3.shape[1] == 0:
-        return _no_channels(x3, 2)
-    A, C, B = x3.shape
-    acc = stat_dtype(x3.dtype)
-    mean, inv_std = _vector(mean, acc), _vector(inv_std, acc)
-    layout, ctype, vec, grid, block, P = _plan(x3, dy3)
-    part = cp.empty((2, C, P), dtype=acc)                      # (sum dy, sum dy (x - mean))
-    dims = _dims(layout, A, C, B)
-    _kernel("bn_backward", f"bn_grad_{layout}<{ctype}, {vec}>")(
-        grid, block, (dy3, x3, mean, part, *dims))
-    out = cp.empty((6, C), dtype=acc)
-    dgamma, dbeta, coef = out[0], out[1], out[2:]
-    _kernel("bn_backward", f"bn_backward_finalize<{_acc_ctype(acc)}>")(
-        (C,), (FINALIZE_THREADS,),
-        (part, mean, inv_std, _vector(gamma, acc), _scalar(A * B, acc), np.int32(C),
-         np.int32(P), dgamma, dbeta, coef))
-    dx3 = cp.empty_like(x3)
-    _kernel("bn_backward", f"bn_dx_{layout}<{ctype}, {vec}>")(
-        grid, block, (dy3, x3, coef, dx3, *dims))
-    return dx3, dgamma, dbeta
+    with device_scope(x3, {"dy": dy3, "mean": mean, "inv_std": inv_std, "gamma": gamma}):
+        cp = _cupy()
+        x3 = cp.ascontiguousarray(x3)
+        dy3 = cp.ascontiguousarray(dy3, dtype=x3.dtype)
+        if x3.shape[1] == 0:
+            return _no_channels(x3, 2)
+        A, C, B = x3.shape
+        acc = stat_dtype(x3.dtype)
+        mean, inv_std = _vector(mean, acc), _vector(inv_std, acc)
+        layout, ctype, vec, grid, block, P = _plan(x3, dy3)
+        part = cp.empty((2, C, P), dtype=acc)                      # (sum dy, sum dy (x - mean))
+        dims = _dims(layout, A, C, B)
+        _kernel("bn_backward", f"bn_grad_{layout}<{ctype}, {vec}>")(
+            grid, block, (dy3, x3, mean, part, *dims))
+        out = cp.empty((6, C), dtype=acc)
+        dgamma, dbeta, coef = out[0], out[1], out[2:]
+        _kernel("bn_backward", f"bn_backward_finalize<{_acc_ctype(acc)}>")(
+            (C,), (FINALIZE_THREADS,),
+            (part, mean, inv_std, _vector(gamma, acc), _scalar(A * B, acc), np.int32(C),
+             np.int32(P), dgamma, dbeta, coef))
+        dx3 = cp.empty_like(x3)
+        _kernel("bn_backward", f"bn_dx_{layout}<{ctype}, {vec}>")(
+            grid, block, (dy3, x3, coef, dx3, *dims))
+        return dx3, dgamma, dbeta
 
 
 # ---- LayerNorm and GroupNorm (row-wise) --------------------------------------------------------
@@ -360,8 +408,9 @@ def ln_forward(x2, gamma, beta, eps):
 
     One block row per row of x2 (Welford, then normalise). Does not synchronise.
     """
-    x2 = _cupy().ascontiguousarray(x2)
-    return _rownorm_forward(x2, gamma, beta, eps, 1, 1)
+    with device_scope(x2, {"gamma": gamma, "beta": beta}):
+        x2 = _cupy().ascontiguousarray(x2)
+        return _rownorm_forward(x2, gamma, beta, eps, 1, 1)
 
 
 def ln_backward(dy2, x2, mean, inv_std, gamma):
@@ -370,23 +419,24 @@ def ln_backward(dy2, x2, mean, inv_std, gamma):
     dx: one pass per row. dgamma/dbeta: column sums over the rows, split over M like the
     BatchNorm cols layout, then summed over the splits. Does not synchronise.
     """
-    cp = _cupy()
-    x2 = cp.ascontiguousarray(x2)
-    dy2 = cp.ascontiguousarray(dy2, dtype=x2.dtype)
-    M, K = x2.shape
-    ctype, _ = _ctype(x2.dtype)
-    acc = stat_dtype(x2.dtype)
-    dx2 = _rownorm_dx(dy2, x2, mean, inv_std, gamma, 1, 1)
-    bx = min(32, 1 << (K - 1).bit_length())
-    by = THREADS // bx
-    gx = -(-K // bx)
-    splits = max(1, min(-(-_target_blocks() // gx), -(-M // (by * MIN_ITEMS)), 65535))
-    part = cp.empty((2, splits, K), dtype=acc)
-    _kernel("layernorm", f"ln_param_grads<{ctype}>")(
-        (gx, splits), (bx, by),
-        (dy2, x2, _vector(mean, acc), _vector(inv_std, acc), part, np.int64(M), np.int32(K)))
-    dgamma, dbeta = part.sum(axis=1)                           # (2, K): over the splits
-    return dx2, dgamma, dbeta
+    with device_scope(x2, {"dy": dy2, "mean": mean, "inv_std": inv_std, "gamma": gamma}):
+        cp = _cupy()
+        x2 = cp.ascontiguousarray(x2)
+        dy2 = cp.ascontiguousarray(dy2, dtype=x2.dtype)
+        M, K = x2.shape
+        ctype, _ = _ctype(x2.dtype)
+        acc = stat_dtype(x2.dtype)
+        dx2 = _rownorm_dx(dy2, x2, mean, inv_std, gamma, 1, 1)
+        bx = min(32, 1 << (K - 1).bit_length())
+        by = THREADS // bx
+        gx = -(-K // bx)
+        splits = max(1, min(-(-_target_blocks() // gx), -(-M // (by * MIN_ITEMS)), 65535))
+        part = cp.empty((2, splits, K), dtype=acc)
+        _kernel("layernorm", f"ln_param_grads<{ctype}>")(
+            (gx, splits), (bx, by),
+            (dy2, x2, _vector(mean, acc), _vector(inv_std, acc), part, np.int64(M), np.int32(K)))
+        dgamma, dbeta = part.sum(axis=1)                           # (2, K): over the splits
+        return dx2, dgamma, dbeta
 
 
 def gn_forward(x3, gamma, beta, num_groups, eps):
@@ -395,12 +445,13 @@ def gn_forward(x3, gamma, beta, num_groups, eps):
     Each group of C / G channels is one contiguous row of (C / G) * L values, normalised by
     the LayerNorm row kernel with a per-channel affine map. Does not synchronise.
     """
-    x3 = _cupy().ascontiguousarray(x3)
-    N, C, L = x3.shape
-    G = int(num_groups)
-    rows = x3.reshape(N * G, (C // G) * L)                      # (N*G, C/G*L)
-    y, mean, inv_std = _rownorm_forward(rows, gamma, beta, eps, G, L)
-    return y.reshape(N, C, L), mean.reshape(N, G), inv_std.reshape(N, G)
+    with device_scope(x3, {"gamma": gamma, "beta": beta}):
+        x3 = _cupy().ascontiguousarray(x3)
+        N, C, L = x3.shape
+        G = int(num_groups)
+        rows = x3.reshape(N * G, (C // G) * L)                      # (N*G, C/G*L)
+        y, mean, inv_std = _rownorm_forward(rows, gamma, beta, eps, G, L)
+        return y.reshape(N, C, L), mean.reshape(N, G), inv_std.reshape(N, G)
 
 
 def gn_backward(dy3, x3, mean, inv_std, gamma, num_groups):
@@ -409,23 +460,24 @@ def gn_backward(dy3, x3, mean, inv_std, gamma, num_groups):
     dx: the row kernel over the N * G groups. dgamma/dbeta: one warp per (n, c) run of L
     values, then a sum over N. Does not synchronise.
     """
-    cp = _cupy()
-    x3 = cp.ascontiguousarray(x3)
-    dy3 = cp.ascontiguousarray(dy3, dtype=x3.dtype)
-    N, C, L = x3.shape
-    G = int(num_groups)
-    ctype, _ = _ctype(x3.dtype)
-    acc = stat_dtype(x3.dtype)
-    rows, dy_rows = x3.reshape(N * G, -1), dy3.reshape(N * G, -1)    # (N*G, C/G*L)
-    dx = _rownorm_dx(dy_rows, rows, mean, inv_std, gamma, G, L).reshape(N, C, L)
-    part = cp.empty((2, N, C), dtype=acc)
-    rpb = 8
-    _kernel("groupnorm", f"gn_channel_sums<{ctype}>")(
-        (-(-(N * C) // rpb),), (32, rpb),
-        (dy3, x3, _vector(mean.reshape(-1), acc), _vector(inv_std.reshape(-1), acc), part,
-         np.int32(N), np.int32(C), np.int32(G), np.int32(L)))
-    dgamma, dbeta = part.sum(axis=1)                           # (2, C): over N
-    return dx, dgamma, dbeta
+    with device_scope(x3, {"dy": dy3, "mean": mean, "inv_std": inv_std, "gamma": gamma}):
+        cp = _cupy()
+        x3 = cp.ascontiguousarray(x3)
+        dy3 = cp.ascontiguousarray(dy3, dtype=x3.dtype)
+        N, C, L = x3.shape
+        G = int(num_groups)
+        ctype, _ = _ctype(x3.dtype)
+        acc = stat_dtype(x3.dtype)
+        rows, dy_rows = x3.reshape(N * G, -1), dy3.reshape(N * G, -1)    # (N*G, C/G*L)
+        dx = _rownorm_dx(dy_rows, rows, mean, inv_std, gamma, G, L).reshape(N, C, L)
+        part = cp.empty((2, N, C), dtype=acc)
+        rpb = 8
+        _kernel("groupnorm", f"gn_channel_sums<{ctype}>")(
+            (-(-(N * C) // rpb),), (32, rpb),
+            (dy3, x3, _vector(mean.reshape(-1), acc), _vector(inv_std.reshape(-1), acc), part,
+             np.int32(N), np.int32(C), np.int32(G), np.int32(L)))
+        dgamma, dbeta = part.sum(axis=1)                           # (2, C): over N
+        return dx, dgamma, dbeta
 
 
 def clear_cache():
