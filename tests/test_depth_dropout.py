@@ -247,3 +247,14 @@ def test_ch6_every_slider_has_a_predict_first_prompt_before_it():
     for c in calls:                                       # a prompt between each widget and the last
         assert "Predict first" in text[prev:c]
         prev = c
+
+
+def test_ch6_tanh_trains_without_bn_where_sigmoid_does_not(data):
+    """Claim 26, "BN helps most with sigmoid or tanh": true for sigmoid, not for tanh."""
+    from bnref.experiments.training import train_curves
+
+    loss = {}
+    for act in ("sigmoid", "tanh"):
+        _, h = train_curves(data, activation=act, norm=None, lr=0.3, steps=300, eval_every=300)
+        loss[act] = np.mean(h["loss"][-20:])
+    assert loss["tanh"] < 0.3 < 1.5 < loss["sigmoid"]
