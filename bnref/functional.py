@@ -34,6 +34,31 @@ def _on_device(x, others=None, x_name="x"):
     return cupy_bn.device_scope(x, others, x_name) if is_cupy_array(x) else _HOST
 
 
+def _channels_last(x, axis):
+    """The permutation that moves ``axis`` last, if that makes x a C-contiguous view while x
+    itself is not (a channels-last tensor: NCHW shape, NHWC strides); else None."""
+    if axis == x.ndim - 1 or x.flags.c_contiguous:
+        return None
+    perm = (*range(axis), *range(axis + 1, x.ndim), axis)
+    return perm if x.transpose(perm).flags.c_contiguous else None
+
+
+def _as_acb(x, axis, perm):
+    """The kernels' (A, C, B) view of x; with ``perm`` (see _channels_last) the channels-last
+    memory is taken as it is, as (A * B, C, 1) rows of C values: no copy."""
+    if perm is None:
+        return _args.as_acb(x, axis)
+    return _args.as_acb(x.transpose(perm), x.ndim - 1)
+
+
+def _in_layout_of(y3, x, perm):
+    """A kernel result (A, C, B) in x's shape and memory layout (a view, never a copy)."""
+    if perm is None:
+        return y3.reshape(x.shape)                              # C-contiguous, like x's copy
+    inverse = sorted(range(x.ndim), key=perm.__getitem__)
+    return y3.reshape([x.shape[i] for i in perm]).transpose(inverse)   # x's strides
+
+
 @dataclass(frozen=True, eq=False)
 class BatchNormCache:
     """What the training-mode forward saves for the backward pass.
@@ -84,6 +109,8 @@ def batchnorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], e
     Returns
     -------
     y : ndarray, same shape and dtype as ``x``
+        In x's memory layout when x is channels-last (e.g. NCHW shape with NHWC strides, from
+        ``x_nhwc.transpose(0, 3, 1, 2)``), as in PyTorch; C-contiguous otherwise.
     cache : BatchNormCache
         Pass it to :func:`batchnorm_backward`.
 
@@ -113,10 +140,11 @@ def batchnorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], e
     """
     xp, axis, C = _args.prepare(x, gamma, beta, eps, axis)
     v.check_training_batch(x, axis)
+    perm = _channels_last(x, axis)
     with _on_device(x):
         y3, mean, var, inv_std = get_kernels(xp).bn_forward_train(
-            _args.as_acb(x, axis), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp), float(eps))
-    y = y3.reshape(x.shape)                                     # (A, C, B) -> x's shape, C-contiguous
+            _as_acb(x, axis, perm), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp), float(eps))
+    y = _in_layout_of(y3, x, perm)                              # (A, C, B) -> x's shape and layout
     return y, BatchNormCache(x, mean, var, inv_std, gamma, float(eps), axis)
 
 
@@ -133,6 +161,7 @@ def batchnorm_backward(dy: Array, cache: BatchNormCache) -> tuple[Array, Array, 
     Returns
     -------
     dx : ndarray, shape of ``x``
+        In x's memory layout when x is channels-last (see :func:`batchnorm_forward`).
     dgamma, dbeta : ndarray of shape (C,)
         Gradients for gamma and beta (computed even when the forward had ``gamma=None``:
         they are then the gradients at gamma = 1, beta = 0).
@@ -153,10 +182,11 @@ def batchnorm_backward(dy: Array, cache: BatchNormCache) -> tuple[Array, Array, 
     with _on_device(x, saved, "cache.x"):       # dy's conversion to x's dtype included
         xp, x, dy = _args.backward_inputs(dy, cache, BatchNormCache, "batchnorm_forward")
         C = x.shape[cache.axis]
+        perm = _channels_last(x, cache.axis)            # dy is taken in x's layout (a copy if not)
         dx3, dgamma, dbeta = get_kernels(xp).bn_backward(
-            _args.as_acb(dy, cache.axis), _args.as_acb(x, cache.axis),
+            _as_acb(dy, cache.axis, perm), _as_acb(x, cache.axis, perm),
             cache.mean, cache.inv_std, _args.param(cache.gamma, C, 1, x, xp))
-    return dx3.reshape(x.shape), dgamma, dbeta                  # (A, C, B) -> x's shape
+    return _in_layout_of(dx3, x, perm), dgamma, dbeta           # (A, C, B) -> x's shape and layout
 
 
 def batchnorm_inference(x: Array, gamma: Optional[Array], beta: Optional[Array], running_mean: Array,
@@ -191,11 +221,12 @@ def batchnorm_inference(x: Array, gamma: Optional[Array], beta: Optional[Array],
                                 ("running_mean", "running_var"))
     v.check_vector("running_mean", running_mean, C, x, xp)
     v.check_vector("running_var", running_var, C, x, xp)
+    perm = _channels_last(x, axis)
     with _on_device(x):
         y3 = get_kernels(xp).bn_inference(
-            _args.as_acb(x, axis), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp),
+            _as_acb(x, axis, perm), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp),
             _args.param(running_mean, C, 0, x, xp), _args.param(running_var, C, 1, x, xp), float(eps))
-    return y3.reshape(x.shape)                                  # (A, C, B) -> x's shape
+    return _in_layout_of(y3, x, perm)                           # (A, C, B) -> x's shape and layout
 
 
 def batch_statistics(x: Array, axis: int = 1) -> tuple[Array, Array]:
@@ -214,7 +245,7 @@ def batch_statistics(x: Array, axis: int = 1) -> tuple[Array, Array]:
     v.check_float_array("x", x, xp, min_ndim=2)
     axis = v.channel_axis(x, axis)
     with _on_device(x):
-        return get_kernels(xp).bn_stats(_args.as_acb(x, axis))     # (C,), (C,)
+        return get_kernels(xp).bn_stats(_as_acb(x, axis, _channels_last(x, axis)))     # (C,), (C,)
 
 
 def running_stats_update(running_mean: Array, running_var: Array, x: Array, momentum: Optional[float] = 0.1,

@@ -495,3 +495,66 @@ def test_gpu_flushes_subnormal_bfloat16_outputs_to_zero():
     assert sub.mean() > 0.5
     assert np.all(y.astype(np.float32)[sub] == 0), "subnormal outputs kept: has CuPy dropped -ftz=true?"
     assert np.array_equal(y.view(np.uint16)[~sub], want.view(np.uint16)[~sub])
+
+
+# ---- channels-last views: taken as they are, results in the input's layout --------------------
+
+def _channels_last(xp, host, perm_to_nchw):
+    """``host`` (N, ..., C) on the backend, viewed with the channel axis at 1 (no copy)."""
+    return xp.asarray(host).transpose(perm_to_nchw)
+
+
+@pytest.mark.parametrize("shape_nhwc,perm", [((4, 5, 6, 3), (0, 3, 1, 2)), ((8, 7, 6), (0, 2, 1))],
+                         ids=["NHWC as NCHW", "NLC as NCL"])
+def test_channels_last_views_keep_their_layout_and_match_numpy(gpu, rng, shape_nhwc, perm):
+    x_host, dy_host = rng.standard_normal(shape_nhwc) * 2 + 1, rng.standard_normal(shape_nhwc)
+    C = shape_nhwc[-1]
+    g, b = rng.uniform(0.5, 1.5, C), rng.standard_normal(C)
+    rm, rv = rng.standard_normal(C), rng.uniform(0.5, 2, C)
+    x, dy = _channels_last(gpu, x_host, perm), _channels_last(gpu, dy_host, perm)
+    assert not x.flags.c_contiguous
+    x_ref, dy_ref = np.ascontiguousarray(x_host.transpose(perm)), np.ascontiguousarray(dy_host.transpose(perm))
+    y, cache = bnref.batchnorm_forward(x, gpu.asarray(g), gpu.asarray(b))
+    y_ref, cache_ref = bnref.batchnorm_forward(x_ref, g, b)
+    y_inf = bnref.batchnorm_inference(x, gpu.asarray(g), gpu.asarray(b), gpu.asarray(rm), gpu.asarray(rv))
+    dx, dgamma, dbeta = bnref.batchnorm_backward(dy, cache)
+    dx_ref, dg_ref, db_ref = bnref.batchnorm_backward(dy_ref, cache_ref)
+    for got, want, what in ((y, y_ref, "y"), (y_inf, bnref.batchnorm_inference(x_ref, g, b, rm, rv), "y_inf"),
+                            (dx, dx_ref, "dx")):
+        assert got.shape == x.shape and got.strides == x.strides, f"{what}: strides {got.strides}, x's {x.strides}"
+        np.testing.assert_allclose(got.get(), want, rtol=1e-10, atol=1e-12, err_msg=what)
+    np.testing.assert_allclose(dgamma.get(), dg_ref, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(dbeta.get(), db_ref, rtol=1e-9, atol=1e-11)
+    mean, var = bnref.batch_statistics(x)
+    np.testing.assert_allclose(var.get(), bnref.batch_statistics(x_ref)[1], rtol=1e-10)
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="g++ not found: the emulator needs it")
+def test_channels_last_views_are_not_copied(monkeypatch, rng):
+    """Every launch reads x (and a channels-last dy) where it lies, walking it as (N*H*W, C)
+    rows: no copy to NCHW and back. On the emulator, launches record their array pointers."""
+    import test_gpu_emulator as emu
+    cp = emu.use_emulator(monkeypatch, as_cupy=True)
+    launched = []
+    call = emu._Kernel.__call__
+
+    def recording(self, grid, block, args):
+        launched.append((self.name, [a.ctypes.data for a in args if isinstance(a, np.ndarray)]))
+        return call(self, grid, block, args)
+
+    monkeypatch.setattr(emu._Kernel, "__call__", recording)
+    x = _channels_last(cp, rng.standard_normal((4, 5, 6, 8)), (0, 3, 1, 2))
+    dy = _channels_last(cp, rng.standard_normal((4, 5, 6, 8)), (0, 3, 1, 2))
+    y, cache = bnref.batchnorm_forward(x, None, None)
+    dx = bnref.batchnorm_backward(dy, cache)[0]
+    bnref.batchnorm_inference(x, None, None, cp.zeros(8), cp.ones(8))
+    reads_x = [(name, ptrs) for name, ptrs in launched if not name.startswith(("bn_finalize", "bn_backward_finalize",
+                                                                              "bn_inference_params"))]
+    assert [n.split("<")[0] for n, _ in reads_x] == [
+        "bn_stats_cols", "bn_normalize_cols", "bn_grad_cols", "bn_dx_cols", "bn_normalize_cols"]
+    for name, ptrs in reads_x:
+        if name.startswith(("bn_grad", "bn_dx")):
+            assert ptrs[:2] == [dy.ctypes.data, x.ctypes.data], f"{name} read a copy"
+        else:
+            assert ptrs[0] == x.ctypes.data, f"{name} read a copy of x"
+    assert y.strides == dx.strides == x.strides
