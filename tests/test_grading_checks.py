@@ -319,8 +319,9 @@ FOLD_OK = dict(none="b = np.zeros_like(running_mean) if b is None else b", W_f="
     ("scale inverted", dict(W_f="W / scale"), dict(W_folded="inverted", b_folded="pass")),
     ("PyTorch layout", dict(W_f="(W * scale).T"),
      dict(W_folded="transposed", b_folded="pass", shapes="transposed")),
-    ("rows scaled", dict(W_f="W * scale[:, None]"),
-     dict(W_folded="raised ValueError", b_folded="raised ValueError")),
+    ("rows scaled", dict(W_f="W * scale[:, None]"),   # named in every case, not a broadcast error
+     dict(W_folded="rows of W", b_folded="pass", no_bias="rows of W", float32_no_bias="rows of W",
+          shapes="rows of W")),
     ("b None not handled", dict(none="pass"),
      dict(W_folded="pass", b_folded="pass", no_bias="raised TypeError", shapes="raised TypeError")),
 ])
@@ -332,6 +333,19 @@ def test_fold_mistakes(name, change, expected):
 def test_fold_rows_on_a_square_layer_is_named():
     f = define(FOLD.format(**{**FOLD_OK, "W_f": "W * scale[:, None]"}))["fold_batchnorm"]
     assert "rows of W" in outcome("fold_batchnorm", (f,), "shapes")
+
+
+def test_every_fold_case_starts_with_a_square_W():
+    # scaling the rows of a non-square W raises a broadcast error that cannot name the mistake:
+    # a square W first lets every case diagnose it
+    from bnref.grading.exercise import _rng_factory
+
+    for nonce in NONCES:
+        for case in EXERCISES["fold_batchnorm"].cases.values():
+            trials = case.build(_rng_factory(nonce))
+            assert trials[0]["W"].shape[0] == trials[0]["W"].shape[1], case.name
+            if case.name != "b_folded":          # b alone: square only (see the module)
+                assert any(t["W"].shape[0] != t["W"].shape[1] for t in trials), case.name
 
 
 # ---------------------------------------------------------------- ps5: LayerNorm, GroupNorm

@@ -55,8 +55,11 @@ def torch_layout(t):
 
 
 @exercise.diagnosis("the scale multiplies the rows of W; BN scales each OUTPUT feature, i.e. each column "
-                    "of W (shape (D, H)): W_folded = W * scale (broadcast over rows).")
+                    "of W (shape (D, H)): W_folded = W * scale (broadcast over rows). (On a non-square W, "
+                    "W * scale[:, None] raises a broadcast error: scale has H entries, W has D rows.)")
 def rows(t):
+    # Only a square W lets this mistake run (otherwise the learner's code raises a broadcast
+    # error, whose message cannot name it): every case below starts with a square W for that.
     W = t["W"]
     if W.shape[0] != W.shape[1]:
         raise ValueError("only visible on a square W")
@@ -127,11 +130,18 @@ def mean_not_scaled(t):
 
 F32 = inputs.F32
 NEGLIGIBLE_EPS = ["no_eps", "eps_outside"]
-exercise.case("W_folded", lambda r: [inputs.fold(r, 4, 3, 70)], ["W_folded"], tolerate=NEGLIGIBLE_EPS)
-exercise.case("b_folded", lambda r: [inputs.fold(r, 4, 3, 71)], ["b_folded"], tolerate=NEGLIGIBLE_EPS)
-exercise.case("no_bias", lambda r: [inputs.fold(r, 5, 2, 72, bias=False)], ["W_folded", "b_folded"],
+# Each case starts with a square W (D == H): scaling W's rows instead of its columns runs there
+# and gets its diagnosis, where a non-square W would only give NumPy's broadcast error. The
+# b_folded case grades b alone, on square Ws only, so that a mistake in W alone does not fail
+# it by crashing (the hidden shapes case grades b on non-square Ws).
+exercise.case("W_folded", lambda r: [inputs.fold(r, 3, 3, 78), inputs.fold(r, 4, 3, 70)], ["W_folded"],
               tolerate=NEGLIGIBLE_EPS)
-exercise.case("float32_no_bias", lambda r: [inputs.fold(r, 3, 4, 76, bias=False, dtype=F32)],
+exercise.case("b_folded", lambda r: [inputs.fold(r, 3, 3, 79), inputs.fold(r, 4, 4, 71)], ["b_folded"],
+              tolerate=NEGLIGIBLE_EPS)
+exercise.case("no_bias", lambda r: [inputs.fold(r, 2, 2, 80, bias=False), inputs.fold(r, 5, 2, 72, bias=False)],
+              ["W_folded", "b_folded"], tolerate=NEGLIGIBLE_EPS)
+exercise.case("float32_no_bias", lambda r: [inputs.fold(r, 4, 4, 81, bias=False, dtype=F32),
+                                            inputs.fold(r, 3, 4, 76, bias=False, dtype=F32)],
               ["W_folded", "b_folded"], tolerate=NEGLIGIBLE_EPS, keep_dtype=True)
 exercise.case("shapes", lambda r: [inputs.fold(r, 5, 5, 74), inputs.fold(r, 10, 7, 73, eps=1e-3),
                                    inputs.fold(r, 3, 6, 75, dtype=F32), inputs.fold(r, 6, 2, 77, bias=False, dtype=F32)],
