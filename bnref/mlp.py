@@ -188,6 +188,19 @@ class MLP:
             return layernorm_backward(dz, cache)
         return groupnorm_backward(dz, cache)
 
+    def _pass_on(self, l, a):
+        """What hidden layer ``l`` passes on given its activation ``a``, and what its backward needs.
+
+        The identity here; a subclass adds a step between the activation and the next layer
+        (:class:`bnref.experiments.dropout.DropoutMLP`: dropout) by overriding this and
+        :meth:`_pass_on_backward`.
+        """
+        return a, None
+
+    def _pass_on_backward(self, l, da, passed):
+        """dL/da from dL/d(what layer ``l`` passed on); ``passed`` is what :meth:`_pass_on` returned."""
+        return da
+
     def forward(self, X, training=None):
         """Logits for ``X`` (N, n_in); records ``preacts``, ``normed`` and ``acts`` per hidden layer."""
         xp, p = self.xp, self.params
@@ -210,9 +223,10 @@ class MLP:
                     noise = self.noise(l, z.shape[1], self.rng, xp)
                     zn = zn * noise[0] + noise[1]
             self.normed.append(zn)
-            a = f(xp, zn)
+            act = f(xp, zn)
+            a, passed = self._pass_on(l, act)                 # what the next layer gets
             self.acts.append(a)
-            self._caches.append((cache, noise))
+            self._caches.append((cache, noise, act, passed))
         L = self.n_hidden
         return a @ p[f"W{L}"].T + p[f"b{L}"]                    # (N, n_classes)
 
@@ -248,8 +262,9 @@ class MLP:
         _, fprime = _ACTIVATIONS[self.activation]
         self.grad_preacts = [None] * L
         for l in reversed(range(L)):
-            dzn = da * fprime(xp, self.acts[l], self.normed[l])   # (N, H_l)
-            cache, noise = self._caches[l]
+            cache, noise, act, passed = self._caches[l]
+            da = self._pass_on_backward(l, da, passed)
+            dzn = da * fprime(xp, act, self.normed[l])           # (N, H_l)
             if self.norm is None:
                 dz = dzn
                 grads[f"b{l}"] = dz.sum(axis=0)

@@ -1,5 +1,8 @@
-"""Shared test settings: a seeded RNG and the CPU kernel sets (tolerances: ``tolerances.py``)."""
+"""Shared test settings: a seeded RNG, the CPU kernel sets (tolerances: ``tolerances.py``) and
+the built book's site for the tests that read it."""
+import os
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,3 +27,15 @@ def cpu_kernels(request):
     yield request.param
     numba_bn.SMALL = small
     bnref.set_cpu_kernels(old)
+
+
+@pytest.fixture(scope="session")
+def site():
+    """The built book (``_build/html``): a failure when it is missing, a skip with BOOK_OPTIONAL=1."""
+    root = Path(__file__).resolve().parents[1] / "_build" / "html"
+    if not (root / "index.html").exists():
+        message = f"{root / 'index.html'} is missing: build the book first (make book)"
+        if os.environ.get("BOOK_OPTIONAL") == "1":
+            pytest.skip(message)
+        pytest.fail(message)
+    return root

@@ -14,7 +14,6 @@ the test skips and says so; on a machine with apt a missing browser is a failure
 
 import functools
 import http.server
-import os
 import shutil
 import subprocess
 import threading
@@ -52,16 +51,6 @@ def toc_pages():
 
 
 PAGES = toc_pages()
-
-
-@pytest.fixture(scope="module")
-def site():
-    if not (SITE / "index.html").exists():
-        message = f"{SITE / 'index.html'} is missing: build the book first (make book)"
-        if os.environ.get("BOOK_OPTIONAL") == "1":
-            pytest.skip(message)
-        pytest.fail(message)
-    return SITE
 
 
 @pytest.fixture(scope="module")

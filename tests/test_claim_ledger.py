@@ -8,7 +8,6 @@ and warns on one that does not. The built page (marked ``book``): 39 claims, eac
 verdict and links that land on an existing page and anchor.
 """
 import io
-import os
 import re
 import sys
 from html.parser import HTMLParser
@@ -271,16 +270,6 @@ def parse(path):
     parser = _LedgerPage()
     parser.feed(path.read_text(encoding="utf-8"))
     return parser
-
-
-@pytest.fixture(scope="module")
-def site():
-    if not (SITE / "index.html").exists():
-        message = f"{SITE / 'index.html'} is missing: build the book first (make book)"
-        if os.environ.get("BOOK_OPTIONAL") == "1":
-            pytest.skip(message)
-        pytest.fail(message)
-    return SITE
 
 
 @pytest.mark.slow

@@ -156,74 +156,33 @@ class DropoutMLP(MLP):
 
     def forward(self, X, training=None):
         """Logits; records ``preacts`` (what enters BN), ``normed``, ``acts`` (after dropout) and ``masks``."""
-        xp, p = self.xp, self.params
-        if training is not None and training != self.training:
-            self.train(training)
-        f, _ = _ACTIVATIONS[self.activation]
-        self.preacts, self.normed, self.acts, self.masks, self._caches = [], [], [], [], []
-        a = X
-        for l in range(self.n_hidden):
-            z = a @ p[f"W{l}"].T                                 # (N, H_l)
-            if self.norm is None:
-                z = z + p[f"b{l}"]
-                zn, cache = z, None
-            else:
-                zn, cache = self._norm_forward(l, z)
-            self.preacts.append(z)
-            self.normed.append(zn)
-            a = f(xp, zn)
-            mask = None
-            if self.training and self.p > 0 and l in self.drop_after:
-                a, mask = dropout_forward(a, self.p, self.rng, xp)
-            self.acts.append(a)
-            self.masks.append(mask)
-            self._caches.append(cache)
-        L = self.n_hidden
-        return a @ p[f"W{L}"].T + p[f"b{L}"]                    # (N, n_classes)
+        self.masks = []
+        return super().forward(X, training)
 
-    def loss_and_grads(self, X, y, update_running_stats=True):
-        """Mean softmax cross-entropy in training mode (dropout on) and its gradients; see :meth:`MLP.loss_and_grads`."""
-        xp, p = self.xp, self.params
-        saved = [(bn.running_mean, bn.running_var, bn.num_batches_tracked) for bn in self.bn]
-        was_training = self.training
-        self.train(True)
-        logits = self.forward(X)
-        if not update_running_stats:
-            for bn, (rm, rv, nb) in zip(self.bn, saved):
-                bn.running_mean, bn.running_var, bn.num_batches_tracked = rm, rv, nb
-        N = X.shape[0]
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-        loss = -logp[xp.arange(N), y].mean()
-        dlogits = xp.exp(logp)
-        dlogits[xp.arange(N), y] -= 1
-        dlogits /= N                                            # (N, K)
-        L = self.n_hidden
-        grads = {f"W{L}": (self.acts[L - 1].T @ dlogits).T, f"b{L}": dlogits.sum(axis=0)}
-        da = dlogits @ p[f"W{L}"]
-        _, fprime = _ACTIVATIONS[self.activation]
-        self.grad_preacts = [None] * L
-        for l in reversed(range(L)):
-            if self.masks[l] is not None:
-                da = da * self.masks[l]                         # through the dropout
-                act = self._f(self.normed[l])                   # fprime needs the undropped a
-            else:
-                act = self.acts[l]
-            dzn = da * fprime(xp, act, self.normed[l])
-            if self.norm is None:
-                dz = dzn
-                grads[f"b{l}"] = dz.sum(axis=0)
-            else:
-                dz, grads[f"gamma{l}"], grads[f"beta{l}"] = self._norm_backward(l, dzn, self._caches[l])
-            self.grad_preacts[l] = dz
-            a_prev = self.acts[l - 1] if l > 0 else X
-            grads[f"W{l}"] = (a_prev.T @ dz).T
-            da = dz @ p[f"W{l}"]
-        self.train(was_training)
-        return float(loss), grads
+    def _pass_on(self, l, a):
+        # dropout on the activation, in training mode only; the mask is what backward needs
+        mask = None
+        if self.training and self.p > 0 and l in self.drop_after:
+            a, mask = dropout_forward(a, self.p, self.rng, self.xp)
+        self.masks.append(mask)
+        return a, mask
 
-    def _f(self, z):
-        return _ACTIVATIONS[self.activation][0](self.xp, z)
+    def _pass_on_backward(self, l, da, mask):
+        return da if mask is None else da * mask                # through the dropout
+
+
+
+def _eval_pass(net, X):
+    """One eval-mode pass of ``net`` over ``X`` (dropout off, BN on its running statistics).
+
+    Returns the recorded ``(preacts, acts)`` per hidden layer as NumPy arrays; the net's mode
+    is left as it was.
+    """
+    was_training = net.training
+    net.forward(net.xp.asarray(X), training=False)
+    recorded = [_np(z) for z in net.preacts], [_np(a) for a in net.acts]
+    net.train(was_training)
+    return recorded
 
 
 def variance_shift(net, X):
@@ -249,12 +208,8 @@ def variance_shift(net, X):
     >>> float(np.median(ratio[1])) < 0.8                   # after the dropout: too small
     True
     """
-    xp = net.xp
-    was_training = net.training
-    net.forward(xp.asarray(X), training=False)
-    out = [_np(z).var(axis=0) / _np(bn.running_var) for z, bn in zip(net.preacts, net.bn)]
-    net.train(was_training)
-    return out
+    preacts, _ = _eval_pass(net, X)
+    return [z.var(axis=0) / _np(bn.running_var) for z, bn in zip(preacts, net.bn)]
 
 
 def predicted_variance_shift(net, X):
@@ -276,11 +231,7 @@ def predicted_variance_shift(net, X):
     >>> pred[0] is None, bool((pred[1] < 1).all())
     (True, True)
     """
-    xp = net.xp
-    was_training = net.training
-    net.forward(xp.asarray(X), training=False)
-    acts = [_np(a) for a in net.acts]
-    net.train(was_training)
+    _, acts = _eval_pass(net, X)
     return [linear_variance_ratio(acts[l - 1], _np(net.params[f"W{l}"]), net.p)
             if l > 0 and l - 1 in net.drop_after else None
             for l in range(net.n_hidden)]
