@@ -11,7 +11,8 @@ Derived from them, and rewritten by this script:
 
 - the install cell at the top of every exercise notebook (``solutions/header.ipynb``, which
   nbgrader puts at the top of each released notebook; ``exercises/`` is regenerated);
-- the hidden install cell at the top of every chapter (``book/0*.md``);
+- the hidden install cell at the top of every book page that runs code (a ``{code-cell}``:
+  the chapters, the bug gallery, the playground);
 - ``[project.urls]`` in ``pyproject.toml``;
 - the ``pip install`` lines in ``README.md``.
 
@@ -104,6 +105,11 @@ def regenerate_exercises():
 CHAPTER_CELL = "```{{code-cell}} ipython3\n:tags: [remove-cell]\n\n{code}\n```\n"
 
 
+def pages_with_code():
+    """The book's pages that run code when the book is built or opened as a notebook."""
+    return sorted(p for p in (ROOT / "book").glob("*.md") if "```{code-cell}" in p.read_text())
+
+
 def fix_chapter(path, s, write):
     text = path.read_text()
     cell = CHAPTER_CELL.format(code=install_cell(s, "course"))
@@ -175,7 +181,7 @@ def main(argv=None):
         stale.append("solutions/header.ipynb (and so exercises/)")
         if not args.check:
             regenerate_exercises()
-    for chapter in sorted((ROOT / "book").glob("0*.md")):
+    for chapter in pages_with_code():
         if fix_chapter(chapter, s, not args.check):
             stale.append(str(chapter.relative_to(ROOT)))
     if fix_pyproject(s, not args.check):
