@@ -335,9 +335,9 @@ def test_fold_rows_on_a_square_layer_is_named():
     assert "rows of W" in outcome("fold_batchnorm", (f,), "shapes")
 
 
-def test_every_fold_case_starts_with_a_square_W():
-    # scaling the rows of a non-square W raises a broadcast error that cannot name the mistake:
-    # a square W first lets every case diagnose it
+def test_every_fold_case_has_a_square_W_and_most_a_non_square_one():
+    # scaling the rows of W runs on a square W (named from its values) and raises on a non-square
+    # one (named from its broadcast error): the cases try both
     from bnref.grading.exercise import _rng_factory
 
     for nonce in NONCES:
@@ -605,3 +605,43 @@ def test_the_solutions_pass_every_case_on_fresh_inputs(ps, check, funcs):
     for case in EXERCISES[check].cases:
         for nonce in range(1, 26):
             assert outcome(check, tuple(ns[f] for f in funcs), case, nonce) == "pass", (case, nonce)
+
+
+def _fold_case_on_non_square_Ws_only(monkeypatch, name):
+    """The fold case ``name`` with its square-W trials left out: every trial has D != H."""
+    import dataclasses
+
+    ex = EXERCISES["fold_batchnorm"]
+    case = ex.cases[name]
+    non_square = lambda r: [t for t in case.build(r) if t["W"].shape[0] != t["W"].shape[1]]  # noqa: E731
+    monkeypatch.setitem(ex.cases, name, dataclasses.replace(case, build=non_square))
+
+
+def test_fold_rows_on_a_non_square_layer_is_named_from_its_broadcast_error(monkeypatch):
+    # On D != H, W * scale[:, None] raises instead of returning: the exception names the mistake
+    _fold_case_on_non_square_Ws_only(monkeypatch, "shapes")
+    f = define(FOLD.format(**{**FOLD_OK, "W_f": "W * scale[:, None]"}))["fold_batchnorm"]
+    for nonce in NONCES:
+        msg = outcome("fold_batchnorm", (f,), "shapes", nonce)
+        assert "raised ValueError" in msg and "Likely mistake: the scale multiplies the rows of W" in msg
+
+
+def test_fold_other_broadcast_errors_are_not_blamed_on_the_rows(monkeypatch):
+    _fold_case_on_non_square_Ws_only(monkeypatch, "shapes")
+    f = define(FOLD.format(**{**FOLD_OK, "W_f": "W * scale[:1, None].T[:, :0]"}))["fold_batchnorm"]
+    msg = outcome("fold_batchnorm", (f,), "shapes")
+    assert "raised ValueError" in msg and "broadcast" in msg
+    assert "rows of W" not in msg and "Check the shapes" in msg
+
+
+def test_a_forged_exception_text_cannot_pass_a_case(monkeypatch):
+    # the learner can raise any text; an error diagnosis only words the feedback
+    _fold_case_on_non_square_Ws_only(monkeypatch, "shapes")
+    src = """
+def fold_batchnorm(W, b, gamma, beta, running_mean, running_var, eps=1e-5):
+    D, H = W.shape
+    raise ValueError(f"operands could not be broadcast together with shapes ({D},{H}) ({H},1) ")
+"""
+    f = define(src)["fold_batchnorm"]
+    msg = outcome("fold_batchnorm", (f,), "shapes")
+    assert msg != "pass" and "raised ValueError" in msg

@@ -8,7 +8,10 @@ An exercise module (``bnref/grading/exercises/<name>.py``) builds one :class:`Ex
 - its **call plan**: the :class:`Call`\\ s one trial makes to the learner's functions;
 - its **reference**: the right outputs, computed with bnref;
 - its **diagnoses**: one small named function per known mistake, computing what that
-  mistake would output, next to the message that explains it.
+  mistake would output, next to the message that explains it;
+- its **error diagnoses**: for a mistake that makes the learner's code raise instead of return
+  (e.g. a broadcast over the wrong axis of a non-square matrix), a small named function that
+  decides from the trial and the exception's type and message whether that mistake explains it.
 
 :func:`evaluate` runs one case through an *executor* and returns a :class:`Verdict`. The
 executor is the only thing that differs between the two places a check runs:
@@ -34,7 +37,7 @@ import bnref
 from .sandbox import wire
 from .sandbox.session import Failure
 
-__all__ = ["Call", "Case", "Diagnosis", "Exercise", "LocalExecutor", "Verdict", "eps_kwargs", "evaluate",
+__all__ = ["Call", "Case", "Diagnosis", "ErrorDiagnosis", "Exercise", "LocalExecutor", "Verdict", "eps_kwargs", "evaluate",
            "forward_backward_calls", "forward_call"]
 
 # float64: a right NumPy answer is ~1e-15 away; float32: single-precision rounding
@@ -105,6 +108,13 @@ class Diagnosis:
     outputs: object             # outputs(trial) -> {name: array}: what this mistake gives
 
 
+@dataclass(frozen=True)
+class ErrorDiagnosis:
+    name: str
+    message: str
+    explains: object            # explains(trial, kind, message) -> bool: this mistake raised it
+
+
 @dataclass
 class Verdict:
     passed: bool
@@ -117,7 +127,7 @@ class Exercise:
 
     def __init__(self, name, functions, signature):
         self.name, self.functions, self.signature = name, tuple(functions), signature
-        self.cases, self.diagnoses = {}, []
+        self.cases, self.diagnoses, self.error_diagnoses = {}, [], []
         self._plan = self._reference = None
         self.describe = _describe_inputs
 
@@ -144,6 +154,20 @@ class Exercise:
         """Decorator: ``outputs(trial)`` of one known mistake, named after the function."""
         def register(fn):
             self.add(Diagnosis(fn.__name__, message, fn))
+            return fn
+        return register
+
+    def error_diagnosis(self, message):
+        """Decorator: ``explains(trial, kind, message)`` of one mistake that raises.
+
+        ``kind`` and ``message`` are the exception's type name and text as the learner's process
+        reported them. They come from untrusted code, so they only choose the feedback's wording:
+        a call that raised fails its case whatever they say.
+        """
+        def register(fn):
+            if fn.__name__ in {d.name for d in self.error_diagnoses}:
+                raise ValueError(f"{self.name}: error diagnosis {fn.__name__!r} defined twice")
+            self.error_diagnoses.append(ErrorDiagnosis(fn.__name__, message, fn))
             return fn
         return register
 
@@ -247,7 +271,7 @@ def _one_trial(exercise, case, functions, executor, t):
     got, notes = {}, []
     for call, step, reply in zip(calls, steps, replies):
         if "error" in reply:
-            raise _Wrong(_raised(call.fn, reply["error"], where))
+            raise _Wrong(_raised(call.fn, reply["error"], where, _error_explained(exercise, t, reply["error"])))
         values = _returned(call, reply.get("value"))
         for name, v in zip(call.returns, values):
             got.setdefault(name, []).append(v)
@@ -318,7 +342,20 @@ def _failure(f, calls, where):
                   f"and tuples ({where}).")
 
 
-def _raised(fn, err, where):
+def _error_explained(exercise, t, err):
+    """The message of the first error diagnosis that explains ``err`` on trial ``t``, or ""."""
+    kind, msg = str(err.get("type", "Exception"))[:100], str(err.get("message", ""))[:2000]
+    for d in exercise.error_diagnoses:
+        with np.errstate(all="ignore"):
+            try:
+                if d.explains(t, kind, msg):
+                    return d.message
+            except Exception:      # a diagnosis that cannot decide on this trial explains nothing
+                continue
+    return ""
+
+
+def _raised(fn, err, where, likely=""):
     kind = str(err.get("type", "Exception"))[:100]
     msg = str(err.get("message", ""))[:2000]
     if kind == "NotImplementedError":
@@ -330,13 +367,15 @@ def _raised(fn, err, where):
     frames = err.get("where") or []
     if frames and isinstance(frames[-1], str):
         loc = f" ({frames[-1]})"
+    if kind == "ReturnValueError":
+        return f"{fn} could not be given what the previous call returned: {msg} ({where})."
     hint = ""
-    if kind == "TypeError" and "argument" in msg:
+    if likely:
+        hint = f" Likely mistake: {likely}"
+    elif kind == "TypeError" and "argument" in msg:
         hint = " Keep the function's name and arguments exactly as given."
     elif kind == "ValueError" and "broadcast" in msg:
         hint = " Check the shapes: print them before the line that fails."
-    elif kind == "ReturnValueError":
-        return f"{fn} could not be given what the previous call returned: {msg} ({where})."
     return f"{fn} raised {kind}: {msg}{loc} ({where}).{hint}"
 
 

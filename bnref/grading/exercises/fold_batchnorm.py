@@ -54,16 +54,35 @@ def torch_layout(t):
     return _folded(t, W_f=lambda W, s: (W * s).T)
 
 
-@exercise.diagnosis("the scale multiplies the rows of W; BN scales each OUTPUT feature, i.e. each column "
-                    "of W (shape (D, H)): W_folded = W * scale (broadcast over rows). (On a non-square W, "
-                    "W * scale[:, None] raises a broadcast error: scale has H entries, W has D rows.)")
+ROWS = ("the scale multiplies the rows of W; BN scales each OUTPUT feature, i.e. each column of W "
+        "(shape (D, H)): W_folded = W * scale (broadcast over rows).")
+
+
+@exercise.diagnosis(ROWS)
 def rows(t):
-    # Only a square W lets this mistake run (otherwise the learner's code raises a broadcast
-    # error, whose message cannot name it): every case below starts with a square W for that.
+    # On a square W the mistake runs and gives these values; on a non-square W it raises
+    # instead, and rows_broadcast_error below names it from the exception.
     W = t["W"]
     if W.shape[0] != W.shape[1]:
         raise ValueError("only visible on a square W")
     return _folded(t, W_f=lambda W, s: W * s[:, None])
+
+
+@exercise.error_diagnosis(ROWS + " (scale has H entries, W has D rows, so W * scale[:, None] "
+                          "cannot broadcast when D != H.)")
+def rows_broadcast_error(t, kind, message):
+    # NumPy names both shapes: scaling W's rows broadcasts W (D, H) against scale as a column
+    # (H, 1), which fails exactly when D != H. The trusted side raises the same error itself and
+    # compares the text, so another broadcast mistake (e.g. scale[:2]) is not named this way.
+    if kind != "ValueError":
+        return False
+    W = _parts(t)[0]
+    column = np.ones((W.shape[1], 1))                        # scale[:, None]: (H, 1)
+    try:
+        W * column
+    except ValueError as own:
+        return str(own).strip() in message
+    return False
 
 
 @exercise.diagnosis("the scale is inverted: BN multiplies by gamma / np.sqrt(running_var + eps), it does "
@@ -130,10 +149,11 @@ def mean_not_scaled(t):
 
 F32 = inputs.F32
 NEGLIGIBLE_EPS = ["no_eps", "eps_outside"]
-# Each case starts with a square W (D == H): scaling W's rows instead of its columns runs there
-# and gets its diagnosis, where a non-square W would only give NumPy's broadcast error. The
-# b_folded case grades b alone, on square Ws only, so that a mistake in W alone does not fail
-# it by crashing (the hidden shapes case grades b on non-square Ws).
+# Each case has a square W (D == H), where scaling W's rows instead of its columns runs and is
+# named from its values, and most have a non-square one, where it raises a broadcast error and
+# is named by rows_broadcast_error. The b_folded case grades b alone, on square Ws only, so that
+# a mistake in W alone does not fail it by crashing (the hidden shapes case grades b on
+# non-square Ws).
 exercise.case("W_folded", lambda r: [inputs.fold(r, 3, 3, 78), inputs.fold(r, 4, 3, 70)], ["W_folded"],
               tolerate=NEGLIGIBLE_EPS)
 exercise.case("b_folded", lambda r: [inputs.fold(r, 3, 3, 79), inputs.fold(r, 4, 4, 71)], ["b_folded"],
