@@ -58,6 +58,26 @@ def test_the_package_docstring_names_every_module_and_public_function():
         assert name in E.__doc__, f"the package docstring does not say where {name} is"
 
 
+# modules whose names are reached through the module (E.convnet.forward), not re-exported
+BY_NAME = ["bugs", "depth", "dropout", "convnet"]
+
+
+@pytest.mark.parametrize("module", BY_NAME)
+def test_a_module_reached_by_name_is_listed_and_its_public_names_exist(module):
+    mod = importlib.import_module(f"bnref.experiments.{module}")
+    assert getattr(E, module) is mod and module in E.__all__
+    assert f":mod:`.{module}`" in E.__doc__
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.__all__ names {name}, which it does not define"
+
+
+def test_every_experiment_module_is_in_the_package_table():
+    import pkgutil
+
+    modules = {m.name for m in pkgutil.iter_modules(E.__path__) if not m.name.startswith("_")}
+    assert modules == set(SUBMODULES) | set(BY_NAME)
+
+
 def test_mlp_still_offers_nonstationary_noise():
     from bnref.mlp import nonstationary_noise
 
