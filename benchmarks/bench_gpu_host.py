@@ -45,6 +45,7 @@ def stubbed_cupy():
 
     cp = emu.FAKE_CUPY
     sys.modules["cupy"] = cp
+    cupy_bn.clear_cache()               # plans hold kernel handles: made again, with the stubs
     cupy_bn._cupy = lambda: cp
     cupy_bn._kernel = lambda name, expression: _NoKernel()
     return cp

@@ -52,9 +52,10 @@ def fake(monkeypatch):
             on = [a.device_id for a in args if isinstance(a, emu.FakeArray)]
             launches.append((self.expression, emu.FakeDevice.current, on))
 
+    for name in cupy_bn.CACHES:         # plans hold kernel handles: fresh ones, recorded
+        monkeypatch.setattr(cupy_bn, name, functools.lru_cache(maxsize=None)(
+            getattr(cupy_bn, name).__wrapped__))
     monkeypatch.setattr(cupy_bn, "_kernel", lambda name, expression: Recorded(expression))
-    monkeypatch.setattr(cupy_bn, "_sm_count",
-                        functools.lru_cache(maxsize=None)(cupy_bn._sm_count.__wrapped__))
     enter = emu.FakeDevice.__enter__
 
     def recording_enter(self):

@@ -305,8 +305,10 @@ def fake_cupy():
     m.empty_like = lambda a: _fake(np.empty_like(a))
     m.asnumpy = lambda a: np.asarray(a)
     m.RawModule = _RawModule
+    stream = types.SimpleNamespace(ptr=0)      # one stream, the default (cupy_bn keys scratch on it)
     m.cuda = types.SimpleNamespace(Device=FakeDevice,
-                                   runtime=types.SimpleNamespace(getDevice=lambda: FakeDevice.current))
+                                   runtime=types.SimpleNamespace(getDevice=lambda: FakeDevice.current),
+                                   get_current_stream=lambda: stream)
     return m
 
 
@@ -327,7 +329,7 @@ def use_emulator(monkeypatch, as_cupy=False):
     monkeypatch.setattr(cupy_bn, "_cupy", lambda: FAKE_CUPY)
     # Fresh caches for the emulation, restored afterwards: emulated kernels must never be
     # handed to real CuPy arrays in a later test (on a machine with a GPU).
-    for name in ("_module", "_kernel", "_sm_count"):
+    for name in cupy_bn.CACHES:
         monkeypatch.setattr(cupy_bn, name,
                             functools.lru_cache(maxsize=None)(getattr(cupy_bn, name).__wrapped__))
     return FAKE_CUPY
@@ -422,3 +424,24 @@ def test_16bit_outputs_are_rounded_to_nearest_even(monkeypatch, dtype_name):
     nan = np.isnan(want.view(dtype).astype(f32))
     assert np.array_equal(np.isnan(np.asarray(y).astype(f32)), nan)
     assert np.array_equal(got[~nan], want[~nan])
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+def test_a_plan_is_made_once_per_shape_and_its_scratch_once_per_stream(monkeypatch):
+    """Calls of one shape share a plan and, on one stream, its scratch buffers; the results of
+    a second call are right (nothing of the first is left in the reused partials), and another
+    stream gets scratch of its own (two streams must not share partials)."""
+    xp = use_emulator(monkeypatch)
+    rng = np.random.default_rng(11)
+    g, b = xp.asarray(np.ones(3)), xp.asarray(np.zeros(3))
+    for x in (rng.standard_normal((6, 3, 40)), rng.standard_normal((6, 3, 40)) * 5 + 2):
+        _, mean, var, _ = cupy_bn.bn_forward_train(xp.asarray(x), g, b, 1e-5)
+        np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(var, x.var(axis=(0, 2)), rtol=1e-12)
+    assert cupy_bn._forward_plan.cache_info().misses == 1
+    plan = cupy_bn._forward_plan((6, 3, 40), np.dtype(np.float64), True, 0)
+    assert list(plan.scratch) == [0]
+    monkeypatch.setattr(xp.cuda, "get_current_stream", lambda: types.SimpleNamespace(ptr=1234))
+    cupy_bn.bn_forward_train(xp.asarray(x), g, b, 1e-5)
+    assert list(plan.scratch) == [0, 1234]
+    assert cupy_bn._forward_plan.cache_info().misses == 1

@@ -19,6 +19,11 @@ and float64; statistics and parameter gradients are float32 for the 16-bit types
 input's dtype. No function here synchronises with the device: kernels are queued on the
 current stream, and the results are ready when that stream reaches them.
 
+Host cost: the BatchNorm entry points look up a cached plan per (shape, dtype, 16-byte
+alignment, device) holding the grid, kernel handles and dimension arguments, and scratch
+buffers per CUDA stream, so a call does little more than allocate its results and launch
+(see "BatchNorm: plans" below; benchmarks/bench_gpu_host.py measures it).
+
 Devices: every entry point runs on its x's GPU (:func:`device_scope`), whatever device is
 current, and refuses any other array argument that lives on another GPU (a ValueError naming
 it). Results are on x's device.
@@ -184,7 +189,10 @@ def _ctype(dtype):
 
 
 def _vector(v, acc):
-    """A (C,) parameter as a contiguous array of the accumulation type."""
+    """A (C,) parameter as a contiguous array of the accumulation type (``v`` itself when it
+    is one already, as the public functions hand it over)."""
+    if v.dtype == acc and v.flags.c_contiguous:
+        return v
     return _cupy().ascontiguousarray(v, dtype=acc)
 
 
@@ -195,10 +203,14 @@ def _plan(x3, *others):
     need every pointer 16-byte aligned.
     """
     A, C, B = x3.shape
-    if A * B >= 2**31:
-        raise ValueError(f"x: {A * B} values per channel; the CuPy kernels support < 2**31")
+    _check_size(A, B)
     aligned = all(a.data.ptr % 16 == 0 for a in (x3, *others))
     return _grid_plan(A, C, B, x3.dtype, aligned, _target_blocks())
+
+
+def _check_size(A, B):
+    if A * B >= 2**31:
+        raise ValueError(f"x: {A * B} values per channel; the CuPy kernels support < 2**31")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -232,33 +244,144 @@ def _scalar(v, acc):
     return np.float32(v) if acc == np.float32 else np.float64(v)
 
 
+# ---- BatchNorm: plans ----------------------------------------------------------------------------
+#
+# On the GPU a small or medium BatchNorm call is bound by the host, not by the device: what
+# Python does per call (benchmarks/bench_gpu_host.py measures it with the launches stubbed).
+# Everything that depends only on (shape, dtype, 16-byte alignment, device) -- layout, grid,
+# block, kernel handles, the int32/int64 dimension arguments -- is therefore worked out once
+# and kept in a plan (an LRU cache of PLAN_CACHE_SIZE per kind). A call then looks up its plan,
+# allocates its results and launches.
+#
+# Each plan also keeps its scratch buffers (partials, the per-channel params/coef arrays that
+# only the next launch reads), one set per CUDA stream: kernels on one stream run in order, so
+# the next call on that stream cannot overwrite them before the last one has read them, while
+# two streams must not share them. Results (y, mean, var, ...) are always new arrays.
+
+PLAN_CACHE_SIZE = 256
+STREAMS_PER_PLAN = 8         # scratch sets kept per plan (the oldest is dropped beyond that)
+
+
+class _Plan:
+    """One BatchNorm call kind on one (shape, dtype, alignment, device); see the notes above."""
+
+    __slots__ = ("C", "P", "acc", "scalar", "grid", "block", "dims", "CP", "m", "fin_grid",
+                 "fin_block", "pass1", "finalize", "pass2", "scratch_shapes", "scratch", "ones",
+                 "zeros", "no_update", "flag_update")
+
+    def __init__(self, shape, dtype, aligned):
+        A, C, B = shape
+        _check_size(A, B)
+        self.C, self.scratch = C, {}
+        if C == 0:
+            return
+        acc = stat_dtype(dtype)
+        layout, ctype, vec, grid, block, P = _grid_plan(A, C, B, dtype, aligned, _target_blocks())
+        self.P, self.acc, self.scalar = P, acc, (np.float32 if acc == np.float32 else np.float64)
+        self.grid, self.block, self.dims = grid, block, _dims(layout, A, C, B)
+        self.CP, self.m = (np.int32(C), np.int32(P)), self.scalar(A * B)
+        self.fin_grid, self.fin_block = (C,), (FINALIZE_THREADS,)
+        self.no_update, self.flag_update = (np.int32(0), self.scalar(0)), np.int32(1)
+        self._kernels(layout, f"{ctype}, {vec}", _acc_ctype(acc))
+
+    def _kernels(self, layout, targs, acc_ctype):
+        raise NotImplementedError
+
+    def buffers(self):
+        """This stream's scratch buffers (made on the first call on the stream)."""
+        cp = _cupy()
+        stream = cp.cuda.get_current_stream().ptr
+        buf = self.scratch.get(stream)
+        if buf is None:
+            if len(self.scratch) >= STREAMS_PER_PLAN:
+                self.scratch.pop(next(iter(self.scratch)))
+            buf = self.scratch[stream] = tuple(cp.empty(s, dtype=self.acc) for s in self.scratch_shapes)
+        return buf
+
+
+class _ForwardPlan(_Plan):
+    """bn_stats -> bn_finalize -> bn_normalize; scratch: partials (3, C, P), params (3, C)."""
+
+    def _kernels(self, layout, targs, acc_ctype):
+        self.pass1 = _kernel("bn_stats", f"bn_stats_{layout}<{targs}>")
+        self.finalize = _kernel("bn_finalize", f"bn_finalize<{acc_ctype}>")
+        self.pass2 = _kernel("bn_normalize", f"bn_normalize_{layout}<{targs}>")
+        self.scratch_shapes = ((3, self.C, self.P), (3, self.C))
+        self.ones = self.zeros = None      # bn_stats' gamma and beta, made on first use
+
+
+class _BackwardPlan(_Plan):
+    """bn_grad -> bn_backward_finalize -> bn_dx; scratch: partials (2, C, P), coef (4, C)."""
+
+    def _kernels(self, layout, targs, acc_ctype):
+        self.pass1 = _kernel("bn_backward", f"bn_grad_{layout}<{targs}>")
+        self.finalize = _kernel("bn_backward", f"bn_backward_finalize<{acc_ctype}>")
+        self.pass2 = _kernel("bn_backward", f"bn_dx_{layout}<{targs}>")
+        self.scratch_shapes = ((2, self.C, self.P), (4, self.C))
+
+
+class _InferencePlan(_Plan):
+    """bn_inference_params -> bn_normalize; scratch: params (3, C)."""
+
+    def _kernels(self, layout, targs, acc_ctype):
+        self.finalize = _kernel("bn_finalize", f"bn_inference_params<{acc_ctype}>")
+        self.pass2 = _kernel("bn_normalize", f"bn_normalize_{layout}<{targs}>")
+        self.fin_grid, self.fin_block = (-(-self.C // 128),), (128,)
+        self.scratch_shapes = ((3, self.C),)
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _forward_plan(shape, dtype, aligned, device):
+    return _ForwardPlan(shape, dtype, aligned)
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _backward_plan(shape, dtype, aligned, device):
+    return _BackwardPlan(shape, dtype, aligned)
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _inference_plan(shape, dtype, aligned, device):
+    return _InferencePlan(shape, dtype, aligned)
+
+
+def _contiguous(a, dtype=None):
+    """``a`` as a C-contiguous array (of ``dtype``): ``a`` itself when it is one already."""
+    if a.flags.c_contiguous and (dtype is None or a.dtype == dtype):
+        return a
+    return _cupy().ascontiguousarray(a, dtype=dtype)
+
+
 # ---- BatchNorm ---------------------------------------------------------------------------------
 
 def _bn_statistics(x3, gamma, beta, eps, running=None):
     """Per-channel statistics of x3: ``(mean, var, inv_std, params)`` (acc dtype).
 
-    ``params`` (3, C) = (mean, gamma * inv_std, beta) feeds bn_normalize. ``running``, if
-    given, is ``(running_mean, running_var, momentum)`` (acc-dtype CuPy arrays, updated in
-    place by the finalize kernel with the unbiased batch variance). Does not synchronise.
+    ``params`` (3, C) = (mean, gamma * inv_std, beta) feeds bn_normalize; it is the plan's
+    scratch (valid until the next call on this stream). ``running``, if given, is
+    ``(running_mean, running_var, momentum)`` (acc-dtype CuPy arrays, updated in place by the
+    finalize kernel with the unbiased batch variance). x3 must be C-contiguous with C > 0.
+    Does not synchronise.
     """
-    cp = _cupy()
-    A, C, B = x3.shape
-    acc = stat_dtype(x3.dtype)
-    layout, ctype, vec, grid, block, P = _plan(x3)
-    part = cp.empty((3, C, P), dtype=acc)                      # (count, mean, M2) partials
-    _kernel("bn_stats", f"bn_stats_{layout}<{ctype}, {vec}>")(
-        grid, block, (x3, part, *_dims(layout, A, C, B)))
-    out = cp.empty((6, C), dtype=acc)                          # one allocation for all six
-    mean, var, inv_std, params = out[0], out[1], out[2], out[3:]
+    p = _forward_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
+    return _statistics(p, x3, gamma, beta, eps, running) + (p,)
+
+
+def _statistics(p, x3, gamma, beta, eps, running):
+    empty, acc = _cupy().empty, p.acc
+    part, params = p.buffers()
+    # three allocations, not rows of one (3, C) array: the stand-in of bench_gpu_host.py makes
+    # a view as slowly as an allocation, and CuPy's indexing is not cheaper than its pool
+    mean, var, inv_std = empty(p.C, dtype=acc), empty(p.C, dtype=acc), empty(p.C, dtype=acc)
     if running is None:
-        flag, momentum, rm, rv = np.int32(0), 0.0, mean, var      # unused placeholders
+        update = p.no_update + (mean, var)                          # (unused placeholders)
     else:
         rm, rv, momentum = running
-        flag = np.int32(1)
-    _kernel("bn_finalize", f"bn_finalize<{_acc_ctype(acc)}>")(
-        (C,), (FINALIZE_THREADS,),
-        (part, _vector(gamma, acc), _vector(beta, acc), _scalar(eps, acc), np.int32(C),
-         np.int32(P), mean, var, inv_std, params, flag, _scalar(momentum, acc), rm, rv))
+        update = (p.flag_update, p.scalar(momentum), rm, rv)
+    p.pass1(p.grid, p.block, (x3, part) + p.dims)
+    p.finalize(p.fin_grid, p.fin_block,
+               (part, _vector(gamma, acc), _vector(beta, acc), p.scalar(eps)) + p.CP
+               + (mean, var, inv_std, params) + update)
     return mean, var, inv_std, params
 
 
@@ -276,22 +399,25 @@ def bn_stats(x3):
     Used by ``bnref.batch_statistics``. Does not synchronise.
     """
     with device_scope(x3):
-        cp = _cupy()
-        x3 = cp.ascontiguousarray(x3)
-        if x3.shape[1] == 0:
+        x3 = _contiguous(x3)
+        p = _forward_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
+        if p.C == 0:
             return _no_channels(x3, 2)[1:]
-        C, acc = x3.shape[1], stat_dtype(x3.dtype)
-        mean, var, _, _ = _bn_statistics(x3, cp.ones(C, acc), cp.zeros(C, acc), 1.0)
+        if p.ones is None:                  # gamma = 1, beta = 0: made once, on x's device
+            cp = _cupy()
+            p.ones, p.zeros = cp.ones(p.C, p.acc), cp.zeros(p.C, p.acc)
+        mean, var, _, _ = _statistics(p, x3, p.ones, p.zeros, 1.0, None)
         return mean, var
 
 
-def _bn_apply(x3, params):
-    """y3 = (x3 - mean) * scale + beta per channel, params (3, C). Does not synchronise."""
-    A, C, B = x3.shape
-    y3 = _cupy().empty_like(x3)
-    layout, ctype, vec, grid, block, _ = _plan(x3, y3)
-    _kernel("bn_normalize", f"bn_normalize_{layout}<{ctype}, {vec}>")(
-        grid, block, (x3, params, y3, *_dims(layout, A, C, B)))
+def _bn_apply(p, x3, params):
+    """y3 = (x3 - mean) * scale + beta per channel, params (3, C). Does not synchronise.
+
+    y3 is a new allocation, so 16-byte aligned (CuPy's pool hands out 512-byte blocks): the
+    plan's vector width, chosen for x3, is valid for it too.
+    """
+    y3 = _cupy().empty(x3.shape, dtype=x3.dtype)
+    p.pass2(p.grid, p.block, (x3, params, y3) + p.dims)
     return y3
 
 
@@ -303,11 +429,12 @@ def bn_forward_train(x3, gamma, beta, eps):
     (CuPy compiles with ``-ftz=true``; see the module docstring). Does not synchronise.
     """
     with device_scope(x3, {"gamma": gamma, "beta": beta}):
-        x3 = _cupy().ascontiguousarray(x3)
-        if x3.shape[1] == 0:
+        x3 = _contiguous(x3)
+        p = _forward_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
+        if p.C == 0:
             return _no_channels(x3, 3)
-        mean, var, inv_std, params = _bn_statistics(x3, gamma, beta, eps)
-        return _bn_apply(x3, params), mean, var, inv_std
+        mean, var, inv_std, params = _statistics(p, x3, gamma, beta, eps, None)
+        return _bn_apply(p, x3, params), mean, var, inv_std
 
 
 def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
@@ -318,18 +445,16 @@ def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
     """
     with device_scope(x3, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
                            "running_var": running_var}):
-        cp = _cupy()
-        x3 = cp.ascontiguousarray(x3)
+        x3 = _contiguous(x3)
         if x3.size == 0:                                            # no channels, or no examples
-            return cp.empty_like(x3)
-        C = x3.shape[1]
-        acc = stat_dtype(x3.dtype)
-        params = cp.empty((3, C), dtype=acc)
-        _kernel("bn_finalize", f"bn_inference_params<{_acc_ctype(acc)}>")(
-            (-(-C // 128),), (128,),
-            (_vector(running_mean, acc), _vector(running_var, acc), _vector(gamma, acc),
-             _vector(beta, acc), _scalar(eps, acc), np.int32(C), params))
-        return _bn_apply(x3, params)
+            return _cupy().empty_like(x3)
+        p = _inference_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
+        acc = p.acc
+        (params,) = p.buffers()
+        p.finalize(p.fin_grid, p.fin_block,
+                   (_vector(running_mean, acc), _vector(running_var, acc), _vector(gamma, acc),
+                    _vector(beta, acc), p.scalar(eps), p.CP[0], params))
+        return _bn_apply(p, x3, params)
 
 
 def bn_backward(dy3, x3, mean, inv_std, gamma):
@@ -339,28 +464,21 @@ def bn_backward(dy3, x3, mean, inv_std, gamma):
     over (dy3, x3): per-channel sums, then dx. Does not synchronise.
     """
     with device_scope(x3, {"dy": dy3, "mean": mean, "inv_std": inv_std, "gamma": gamma}):
-        cp = _cupy()
-        x3 = cp.ascontiguousarray(x3)
-        dy3 = cp.ascontiguousarray(dy3, dtype=x3.dtype)
-        if x3.shape[1] == 0:
+        x3 = _contiguous(x3)
+        dy3 = _contiguous(dy3, x3.dtype)
+        p = _backward_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0 and dy3.data.ptr % 16 == 0,
+                           x3.data.device_id)
+        if p.C == 0:
             return _no_channels(x3, 2)
-        A, C, B = x3.shape
-        acc = stat_dtype(x3.dtype)
+        cp, acc = _cupy(), p.acc
         mean, inv_std = _vector(mean, acc), _vector(inv_std, acc)
-        layout, ctype, vec, grid, block, P = _plan(x3, dy3)
-        part = cp.empty((2, C, P), dtype=acc)                      # (sum dy, sum dy (x - mean))
-        dims = _dims(layout, A, C, B)
-        _kernel("bn_backward", f"bn_grad_{layout}<{ctype}, {vec}>")(
-            grid, block, (dy3, x3, mean, part, *dims))
-        out = cp.empty((6, C), dtype=acc)
-        dgamma, dbeta, coef = out[0], out[1], out[2:]
-        _kernel("bn_backward", f"bn_backward_finalize<{_acc_ctype(acc)}>")(
-            (C,), (FINALIZE_THREADS,),
-            (part, mean, inv_std, _vector(gamma, acc), _scalar(A * B, acc), np.int32(C),
-             np.int32(P), dgamma, dbeta, coef))
-        dx3 = cp.empty_like(x3)
-        _kernel("bn_backward", f"bn_dx_{layout}<{ctype}, {vec}>")(
-            grid, block, (dy3, x3, coef, dx3, *dims))
+        part, coef = p.buffers()
+        dgamma, dbeta = cp.empty(p.C, dtype=acc), cp.empty(p.C, dtype=acc)   # see _statistics
+        p.pass1(p.grid, p.block, (dy3, x3, mean, part) + p.dims)
+        p.finalize(p.fin_grid, p.fin_block,
+                   (part, mean, inv_std, _vector(gamma, acc), p.m) + p.CP + (dgamma, dbeta, coef))
+        dx3 = cp.empty(x3.shape, dtype=x3.dtype)                    # aligned: see _bn_apply
+        p.pass2(p.grid, p.block, (dy3, x3, coef, dx3) + p.dims)
         return dx3, dgamma, dbeta
 
 
@@ -480,7 +598,13 @@ def gn_backward(dy3, x3, mean, inv_std, gamma, num_groups):
         return dx, dgamma, dbeta
 
 
+#: The per-process caches (compiled modules, kernel handles, device properties, plans with
+#: their scratch): tests that swap CuPy or the kernels for stand-ins give each a fresh one.
+CACHES = ("_module", "_kernel", "_sm_count", "_forward_plan", "_backward_plan", "_inference_plan")
+
+
 def clear_cache():
-    """Forget compiled modules (e.g. after editing a .cu file in a live session)."""
-    _module.cache_clear()
-    _kernel.cache_clear()
+    """Forget compiled modules, kernel handles and plans (e.g. after editing a .cu file in a
+    live session)."""
+    for name in CACHES:
+        globals()[name].cache_clear()
