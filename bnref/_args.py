@@ -5,6 +5,7 @@ the checks every forward and backward starts with, the canonical views, and the 
 in the statistics' dtype.
 """
 import contextlib
+import sys
 from math import prod
 
 from . import _validate as v
@@ -15,6 +16,13 @@ from .kernels import stat_dtype
 def check_devices(names, arrays):
     """CuPy arrays must all be on one GPU: a kernel reading another device's memory is an
     illegal address, which breaks the CUDA context. The error names each argument's device."""
+    cupy = sys.modules.get("cupy")
+    if cupy is None:                    # no CuPy array can exist in this process
+        return
+    # on every GPU call's path: the device ids read once (a.device makes a Device object)
+    ndarray = cupy.ndarray
+    if len({a.data.device_id for a in arrays if isinstance(a, ndarray)}) < 2:
+        return
     on = {n: a.device.id for n, a in zip(names, arrays) if a is not None and is_cupy_array(a)}
     if len(set(on.values())) > 1:
         first = next(iter(on))
@@ -81,4 +89,6 @@ def param(p, C, fill, x, xp):
     dtype = stat_dtype(x.dtype)
     if p is None:
         return xp.full(C, fill, dtype=dtype)
-    return p.reshape(C).astype(dtype, copy=False)
+    if p.shape != (C,):                 # (the public functions have checked it is (C,) already)
+        p = p.reshape(C)
+    return p.astype(dtype, copy=False)

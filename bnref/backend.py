@@ -180,22 +180,24 @@ def get_array_module(*arrays: object, names: Optional[Sequence[str]] = None) -> 
     >>> get_array_module(np.zeros(3), None).__name__
     'numpy'
     """
-    if "cupy" not in sys.modules:       # fast path: no CuPy array can exist in this process
+    cupy = sys.modules.get("cupy")
+    if cupy is None:                    # fast path: no CuPy array can exist in this process
         return np
-    names = list(names) if names is not None else [f"argument {i}" for i in range(len(arrays))]
-    on_gpu = [(n, is_cupy_array(a)) for n, a in zip(names, arrays) if a is not None]
-    if any(g for _, g in on_gpu):
-        if not all(g for _, g in on_gpu):
-            cpu = [n for n, g in on_gpu if not g]
-            gpu = [n for n, g in on_gpu if g]
-            raise TypeError(
-                f"cannot mix NumPy and CuPy arrays: {', '.join(gpu)} on the GPU (cupy.ndarray) but "
-                f"{', '.join(cpu)} on the CPU; expected all on one device "
-                "(move them with cupy.asarray or cupy.asnumpy)"
-            )
-        from ._optional import require
-
-        return require("cupy", "computing on CuPy arrays")
+    # (on every GPU call's path: the common cases, all CuPy or all NumPy, decided in one pass)
+    ndarray = cupy.ndarray
+    kinds = {isinstance(a, ndarray) for a in arrays if a is not None}
+    if kinds == {True}:
+        return cupy                     # what require("cupy") would import: it is imported
+    if True in kinds:                   # and False: both kinds
+        names = list(names) if names is not None else [f"argument {i}" for i in range(len(arrays))]
+        on_gpu = [(n, is_cupy_array(a)) for n, a in zip(names, arrays) if a is not None]
+        cpu = [n for n, g in on_gpu if not g]
+        gpu = [n for n, g in on_gpu if g]
+        raise TypeError(
+            f"cannot mix NumPy and CuPy arrays: {', '.join(gpu)} on the GPU (cupy.ndarray) but "
+            f"{', '.join(cpu)} on the CPU; expected all on one device "
+            "(move them with cupy.asarray or cupy.asnumpy)"
+        )
     return np
 
 
@@ -221,6 +223,6 @@ def get_kernels(xp: ModuleType) -> ModuleType:
         from .kernels import numpy_bn
 
         return numpy_bn
-    from .kernels import cupy_bn  # imports CuPy; only reached for CuPy arrays
+    from .kernels import cupy_bn  # (CuPy itself is imported by cupy_bn on first use)
 
     return cupy_bn
