@@ -704,7 +704,7 @@ def table_row(r):
     if r.get("backend"):
         op = r["backend"].get("direct_ops", "?").split(" + ")[0]
     return (f"| {tuple(r['shape'])} | {r['layout']} | {r['dtype']} | {r['pass']} | "
-            f"{r['bytes'] / 1e6:.1f} | {op} | {fmt_stat(t['bnref'].get('gpu'))} | "
+            f"{r['bytes'] / 1e6:.3g} | {op} | {fmt_stat(t['bnref'].get('gpu'))} | "
             f"{fmt_stat(tb.get('gpu'))} | {fmt(r['gpu_ratio'], '.2f')} | "
             f"{fmt_stat(t['bnref'].get('api'))} | {fmt_stat(tb.get('api'))} | "
             f"{fmt(r['api_ratio'], '.2f')} | {fmt(r['copy_gbps'], '.0f')} | "
@@ -718,7 +718,7 @@ DETAIL_HEADER = ("| shape | layout | dtype | pass | copies (working set MB) | im
 
 def detail_rows(r):
     out = []
-    ws = f"{r['copies']} ({r['working_set_bytes'] / 1e6:.0f}{'' if r['covers_l2'] else ', < L2 target'})"
+    ws = f"{r['copies']} ({r['working_set_bytes'] / 1e6:.1f}{'' if r['covers_l2'] else ', < L2 target'})"
     for label, t in [*r["t"].items(), ("copy", r["copy"])]:
         graph = fmt_stat(t.get("graph")) if "graph" in t else (
             f"no graph: {t['graph_error']}" if "graph_error" in t else "not captured")

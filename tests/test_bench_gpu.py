@@ -250,6 +250,18 @@ def test_the_spin_outlasts_the_host_queuing_a_batch():
     assert bench.spin_for(0.0001, 20) == 0.5                    # never below 0.5 ms
 
 
+# ---- what runs ------------------------------------------------------------------------------------
+
+def test_every_dtype_shape_and_layout_runs_by_default_channels_last_for_4d_only():
+    got = list(bench.cases(bench.build_parser().parse_args([])))
+    assert [dt for dt in bench.DTYPES] == ["float32", "float16", "bfloat16"]
+    per_dtype = [(s, cl) for s in bench.SHAPES for cl in ((False,) if len(s) == 2 else (False, True))]
+    assert got == [(s, cl, dt) for dt in bench.DTYPES for s, cl in per_dtype]
+    quick = list(bench.cases(bench.build_parser().parse_args(["--quick", "--dtype", "float16",
+                                                              "--layout", "NHWC"])))
+    assert quick == [(s, len(s) == 4, "float16") for s in bench.QUICK]
+
+
 # ---- files and exits -------------------------------------------------------------------------------
 
 def test_no_file_is_written_without_out_and_the_report_is_written_with_it(tmp_path, monkeypatch, capsys):
