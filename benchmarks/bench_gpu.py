@@ -751,7 +751,8 @@ def render(rows, meta):
         "- PyTorch columns: the direct operator PyTorch dispatches to (no autograd); autograd in "
         "the details table",
         "- bnref % of copy: minimal traffic (fwd 2|x|, bwd 3|x|) / bnref GPU time, over copy GB/s",
-        f"- goals (issue 13; medians): GPU <= {GOAL_GPU_RATIO}x PyTorch on every shape: "
+        f"- goals (issue 13; medians; against PyTorch's direct operator, no autograd engine in its time): "
+        f"GPU <= {GOAL_GPU_RATIO}x PyTorch on every shape: "
         f"{o['gpu'][0]} met, {o['gpu'][1]} missed, {o['gpu'][2]} not measured; "
         f">= {GOAL_COPY_FRACTION:.0%} of copy bandwidth at >= 25 MB: {o['bandwidth'][0]} met, "
         f"{o['bandwidth'][1]} missed, {o['bandwidth'][2]} not measured; API <= {GOAL_API_RATIO}x "
