@@ -494,3 +494,32 @@ def test_pytorch_backend_is_recorded_with_the_dispatchers_own_choice():
     assert info["impl_index"] == 0                       # CPU: the native kernels (1 would be cuDNN)
     assert info["selected"] == "Native"
     assert info["cudnn_enabled"] == torch.backends.cudnn.enabled
+
+
+def _gpu_extra():
+    mod = types.ModuleType("gpu_extra_under_test")
+    exec(compile(_gpu_extra_source(), "gpu_extra.py", "exec"), mod.__dict__)
+    return mod
+
+
+OLD_STATS = """
+template <class T, int VEC>
+__global__ void bn_stats_rows(const T* __restrict__ x, acc_t<T>* __restrict__ part,
+                              int A, int C, int B) { }
+template <class T, int VEC>
+__global__ void bn_stats_cols(const T* __restrict__ x, acc_t<T>* __restrict__ part,
+                              long long A, int C, int B) { }
+"""
+
+
+def test_gpu_check_launches_the_stats_kernels_itself_only_while_their_parameters_fit():
+    mod = _gpu_extra()
+    assert mod._signature(OLD_STATS, "bn_stats_cols") == ["const T*", "acc_t<T>*", "long long", "int", "int"]
+    assert mod._sweep_problem(OLD_STATS) is None
+    fused = OLD_STATS.replace("acc_t<T>* __restrict__ part,\n                              int A",
+                              "acc_t<T>* part, unsigned* counter, int A")
+    assert "bn_stats_rows now takes (const T*, acc_t<T>*, unsigned*, int, int, int)" in mod._sweep_problem(fused)
+    assert mod._sweep_problem("no kernels here") == "bn_stats_rows not found"
+    from bnref.kernels import cupy_bn                     # the sources as they stand: either answer,
+    problem = mod._sweep_problem(cupy_bn.module_source("bn_stats"))   # never a crash
+    assert problem is None or "bn_stats_" in problem

@@ -898,6 +898,39 @@ def _copy_us(cp, nbytes, timer, cold_fn=None):
     return {"hot_api_us": hot, "b2b_us": b2b, "cold_api_us": cold, "bytes": 2 * src.nbytes}
 
 
+# The sweep launches bn_stats_rows / bn_stats_cols itself, with the arguments these kernels took
+# when it was written. A kernel launched with arguments that do not match its parameters reads
+# garbage addresses and breaks the CUDA context for every later stage, so the sweep runs only
+# when the source still declares exactly these parameter types.
+SWEEP_SIGNATURES = {"bn_stats_rows": ["const T*", "acc_t<T>*", "int", "int", "int"],
+                    "bn_stats_cols": ["const T*", "acc_t<T>*", "long long", "int", "int"]}
+
+
+def _signature(source, name):
+    """Parameter types of ``__global__ void name(...)`` in CUDA source text, or None if absent."""
+    import re
+    m = re.search(r"__global__\s+void\s+" + re.escape(name) + r"\s*\(([^)]*)\)", source)
+    if m is None:
+        return None
+    types = []
+    for param in m.group(1).replace("__restrict__", " ").split(","):
+        words = param.split()
+        types.append(" ".join(words[:-1]).replace(" *", "*") if len(words) > 1 else " ".join(words))
+    return types
+
+
+def _sweep_problem(source):
+    """None when the stats kernels still take the sweep's arguments, else what changed."""
+    for name, want in SWEEP_SIGNATURES.items():
+        got = _signature(source, name)
+        if got is None:
+            return f"{name} not found"
+        if got != want:
+            return (f"{name} now takes ({', '.join(got)}), not ({', '.join(want)}): "
+                    "the sweep's launch arguments would not fit")
+    return None
+
+
 def _stats_sweep(cp, timer):
     """bn_stats_rows alone on (32,64,56,56) float32 for several splits S and block sizes (graph-timed)."""
     from bnref.kernels import cupy_bn
@@ -905,6 +938,10 @@ def _stats_sweep(cp, timer):
     names = " ".join(getattr(cupy_bn, "NAME_EXPRESSIONS", {}).get("bn_stats", ()))
     if kernel is None or "bn_stats_rows<float, 4>" not in names or "bn_stats_cols<float, 4>" not in names:
         return {"skipped": "cupy_bn._kernel or the bn_stats_rows/cols<float, 4> instantiations not found"}
+    source = getattr(cupy_bn, "module_source", None)
+    problem = "cupy_bn.module_source not found" if source is None else _sweep_problem(source("bn_stats"))
+    if problem:
+        return {"skipped": problem}
     x = _rand(cp, (32, 64, 3136), np.float32, 5)
     A, C, B = x.shape
     k = kernel("bn_stats", "bn_stats_rows<float, 4>")
