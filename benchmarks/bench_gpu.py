@@ -773,13 +773,13 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES),
                    help="one or more dtypes (default: all three)")
-    p.add_argument("--calls", type=int, default=20, help="calls per timed batch")
-    p.add_argument("--repeat", type=int, default=15, help="timed batches (min/median/max over them)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls before each timing")
-    p.add_argument("--graph-calls", type=int, default=20, help="calls captured in one CUDA graph")
+    p.add_argument("--calls", type=int, default=20, help="calls per timed batch (default %(default)s)")
+    p.add_argument("--repeat", type=int, default=15, help="timed batches: min/median/max over them (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before each timing (default %(default)s)")
+    p.add_argument("--graph-calls", type=int, default=20, help="calls captured in one CUDA graph (default %(default)s)")
     p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph replay timings")
     p.add_argument("--l2-factor", type=float, default=L2_FACTOR,
-                   help="other data read between two uses of one input copy, in L2 sizes")
+                   help="other data read between two uses of one input copy, in L2 sizes (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="skip the two largest shapes")
     p.add_argument("--layout", choices=["all", "NCHW", "NHWC"], default="all",
                    help="4-D layouts to run (2-D shapes always run as (N, C))")
