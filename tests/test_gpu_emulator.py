@@ -2,7 +2,9 @@
 
 The very sources CuPy compiles (``cupy_bn.module_source``) are compiled with g++ after a small
 shim that maps CUDA onto C++ threads: one ``std::thread`` per CUDA thread, blocks run one
-after another, ``__syncthreads`` and warp shuffles are barriers, ``__shared__`` is ``static``.
+after another in a shuffled order (so the "last block done" reductions meet a last block that
+is not always the highest-numbered), ``__syncthreads`` and warp shuffles are barriers,
+``__shared__`` is ``static``, ``atomicAdd`` is a real atomic and ``__threadfence`` a fence.
 A fake ``cupy`` module (NumPy arrays, ``RawModule`` backed by the g++ build) is then handed to
 ``bnref.kernels.cupy_bn``, so the wrappers' grid sizing, argument packing and partial-result
 layouts run unchanged. ``tests/test_gpu_kernels.py`` runs its test bodies on this backend
@@ -35,12 +37,15 @@ EMULATED_SMS = 2          # a small "GPU": few blocks, but reductions still spli
 
 SHIM = r"""
 // ---- CUDA on C++ threads (test emulation only) ----
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -60,6 +65,10 @@ std::vector<std::array<double, 32>> warp_slots;
 thread_local int warp, lane;
 }
 inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+// Blocks run one after another (in a shuffled order, see launch), so a fence only has to order
+// this block's threads; the atomic is a real one (several threads of a block may count).
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 template <class T> T emu_exchange(T v, int src) {
   emu::warp_slots[emu::warp][emu::lane] = static_cast<double>(v);
   emu::warp_barriers[emu::warp]->arrive_and_wait();
@@ -95,27 +104,33 @@ void launch(void (*k)(P...), unsigned gx, unsigned gy, unsigned bx, unsigned by,
   gridDim = dim3{gx, gy, 1};
   blockDim = dim3{bx, by, 1};
   const int n = static_cast<int>(bx * by), warps = (n + 31) / 32;
+  // Blocks in a shuffled order (fixed per grid): CUDA promises no order, and the kernels'
+  // "last block done" logic must not depend on one (the last block is then not always the
+  // highest-numbered one).
+  std::vector<dim3> order;
   for (unsigned y = 0; y < gy; ++y)
-    for (unsigned x = 0; x < gx; ++x) {
-      blockIdx = dim3{x, y, 1};
-      Barrier block(n);
-      block_barrier = &block;
-      warp_barriers.clear();
-      for (int w = 0; w < warps; ++w)
-        warp_barriers.push_back(std::make_unique<Barrier>(w + 1 < warps ? 32 : n - 32 * w));
-      warp_slots.assign(warps, {});
-      std::vector<std::thread> threads;
-      for (int t = 0; t < n; ++t)
-        threads.emplace_back([=] {
-          threadIdx = dim3{static_cast<unsigned>(t) % bx, static_cast<unsigned>(t) / bx, 1};
-          warp = t / 32;
-          lane = t % 32;
-          call(k, args, std::index_sequence_for<P...>{});
-          block_barrier->arrive_and_drop();   // exited threads leave the barriers
-          warp_barriers[warp]->arrive_and_drop();
-        });
-      for (auto& th : threads) th.join();
-    }
+    for (unsigned x = 0; x < gx; ++x) order.push_back(dim3{x, y, 1});
+  std::shuffle(order.begin(), order.end(), std::mt19937(gx * 7919u + gy));
+  for (const dim3& b : order) {
+    blockIdx = b;
+    Barrier block(n);
+    block_barrier = &block;
+    warp_barriers.clear();
+    for (int w = 0; w < warps; ++w)
+      warp_barriers.push_back(std::make_unique<Barrier>(w + 1 < warps ? 32 : n - 32 * w));
+    warp_slots.assign(warps, {});
+    std::vector<std::thread> threads;
+    for (int t = 0; t < n; ++t)
+      threads.emplace_back([=] {
+        threadIdx = dim3{static_cast<unsigned>(t) % bx, static_cast<unsigned>(t) / bx, 1};
+        warp = t / 32;
+        lane = t % 32;
+        call(k, args, std::index_sequence_for<P...>{});
+        block_barrier->arrive_and_drop();   // exited threads leave the barriers
+        warp_barriers[warp]->arrive_and_drop();
+      });
+    for (auto& th : threads) th.join();
+  }
 }
 template <class... P> int arg_sizes(void (*)(P...), std::size_t* out) {
   std::size_t sizes[] = {sizeof(P)...};
@@ -445,3 +460,83 @@ def test_a_plan_is_made_once_per_shape_and_its_scratch_once_per_stream(monkeypat
     cupy_bn.bn_forward_train(xp.asarray(x), g, b, 1e-5)
     assert list(plan.scratch) == [0, 1234]
     assert cupy_bn._forward_plan.cache_info().misses == 1
+
+
+# ---- "last block done": each reduction finished by its last block, in the same launch --------
+
+# (shape, dtype, layout, grid): every case splits each channel over several blocks, so the
+# last block of each channel (rows) or column block (cols) has partials of others to merge.
+LAST_BLOCK_CASES = [
+    ((32, 2, 512), np.float64, "rows", (2, 8)),
+    ((4096, 5, 3), np.float64, "cols", (1, 16)),     # B = 3: a channel is 3 columns
+    ((512, 40, 3), np.float64, "cols", (2, 8)),      # channel 21's columns 63..65 straddle 2 column blocks
+    ((256, 300, 1), np.float32, "cols", (3, 6)),     # (N, C): a column is a channel
+]
+
+
+def _last_block_case(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[1]
+    g, b = rng.uniform(0.5, 1.5, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    return x, dy, g, b
+
+
+def _check_forward_backward(xp, x, dy, g, b, rtol):
+    """bn_forward_train's statistics and bn_backward's sums against NumPy in float64."""
+    y, mean, var, inv_std = cupy_bn.bn_forward_train(xp.asarray(x), xp.asarray(g), xp.asarray(b), 1e-5)
+    dx, dgamma, dbeta = cupy_bn.bn_backward(xp.asarray(dy), xp.asarray(x), mean, inv_std, xp.asarray(g))
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    mu, v = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))                  # (C,)
+    np.testing.assert_allclose(mean, mu, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(var, v, rtol=rtol)
+    x_hat = (x64 - mu[:, None]) / np.sqrt(v[:, None] + 1e-5)
+    size = x.shape[0] * x.shape[2]                       # terms per channel: the sums' scale
+    np.testing.assert_allclose(dbeta, dy64.sum(axis=(0, 2)), rtol=rtol, atol=rtol * size)
+    np.testing.assert_allclose(dgamma, (dy64 * x_hat).sum(axis=(0, 2)), rtol=rtol, atol=rtol * size)
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+@pytest.mark.parametrize("shape,dtype,layout,grid", LAST_BLOCK_CASES, ids=str)
+def test_the_last_block_of_each_channel_merges_every_partial_and_resets_its_counter(
+        monkeypatch, shape, dtype, layout, grid):
+    """Statistics and gradient sums, finished inside the reduction launch, equal NumPy's; two
+    calls in a row (the second reusing the cached scratch and its counters) are both right, and
+    every counter is back at 0 afterwards, ready for the next launch."""
+    xp = use_emulator(monkeypatch)
+    got = cupy_bn._plan(xp.asarray(np.zeros(shape, dtype)))
+    assert (got[0], got[3]) == (layout, grid)
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    for seed in (0, 1):
+        _check_forward_backward(xp, *_last_block_case(shape, dtype, seed), rtol)
+    key = (shape, np.dtype(dtype), True, 0)
+    for plan in (cupy_bn._forward_plan(*key), cupy_bn._backward_plan(*key)):
+        (buffers,) = plan.scratch.values()
+        counter = np.asarray(buffers[-1])
+        assert counter.dtype == np.uint32 and counter.size == plan.counters
+        assert not counter.any(), f"counters left at {counter[counter != 0]}"
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+@pytest.mark.parametrize("case", [LAST_BLOCK_CASES[0], LAST_BLOCK_CASES[2]], ids=["rows", "cols"])
+def test_a_block_that_finishes_one_partial_early_gives_wrong_statistics(monkeypatch, case):
+    """The test above can fail: when the next-to-last block to count itself finishes, one
+    partial is not there yet (which block that is depends on the shuffled order), and the
+    statistics come out wrong."""
+    xp = use_emulator(monkeypatch)
+    source = cupy_bn.module_source
+
+    def one_early(name):
+        code = source(name)
+        if name == "bn_stats":
+            code, n = re.subn(r"is_last = before == blocks - 1;", "is_last = before == blocks - 2;", code)
+            assert n == 1
+        return code
+
+    monkeypatch.setattr(cupy_bn, "module_source", one_early)
+    shape, dtype = case[:2]
+    x, dy, g, b = _last_block_case(shape, dtype, 0)
+    _, mean, var, _ = cupy_bn.bn_forward_train(xp.asarray(x), xp.asarray(g), xp.asarray(b), 1e-5)
+    wrong = ~np.isclose(var, x.var(axis=(0, 2)), rtol=1e-12)
+    assert wrong.any()

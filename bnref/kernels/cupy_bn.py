@@ -4,10 +4,11 @@ The kernel interface of :mod:`bnref.kernels`; inputs are CuPy arrays in the
 canonical contiguous views (``x3`` (A, C, B) for BatchNorm and GroupNorm, ``x2`` (M, K) for
 LayerNorm). ``README.md`` in ``cuda/`` explains the kernels; in short, BatchNorm is
 
-    bn_stats (partial Welford statistics on a channel x split grid)
-      -> bn_finalize (Chan merge per channel; mean, var, inv_std)
-      -> bn_normalize                                               (forward)
-    bn_grad (partial sums of dy, dy * (x - mean)) -> bn_backward_finalize -> bn_dx  (backward)
+    bn_stats (partial Welford statistics on a channel x split grid; the last block of each
+              channel merges them (Chan): mean, var, inv_std, running statistics)
+      -> bn_normalize                                                          (forward)
+    bn_grad (partial sums of dy, dy * (x - mean); the last block of each channel adds them:
+             dgamma, dbeta, the dx coefficients) -> bn_dx                       (backward)
 
 Every tensor pass walks the data in one of two layouts: "rows" when B is large (NCHW: each
 channel is A runs of B contiguous values) and "cols" when B is small ((N, C), channels-last:
@@ -61,7 +62,6 @@ ROWS_MIN_B = 16          # B >= this: "rows" layout; else "cols"
 THREADS = 256            # threads per block for the tensor passes
 BLOCKS_PER_SM = 8        # 8 x 256 = 2048 threads: a full H100 / A100 SM
 MIN_ITEMS = 4            # at least this many vectors (rows) per thread before splitting more
-FINALIZE_THREADS = 128
 
 
 def _per_type(kernels, vec=True):
@@ -81,10 +81,9 @@ def _per_acc(kernels):
 # compiles exactly these with nvcc).
 NAME_EXPRESSIONS = {
     "bn_stats": _per_type(["bn_stats_rows", "bn_stats_cols"]),
-    "bn_finalize": _per_acc(["bn_finalize", "bn_inference_params"]),
+    "bn_finalize": _per_acc(["bn_inference_params"]),
     "bn_normalize": _per_type(["bn_normalize_rows", "bn_normalize_cols"]),
-    "bn_backward": (_per_type(["bn_grad_rows", "bn_grad_cols", "bn_dx_rows", "bn_dx_cols"])
-                    + _per_acc(["bn_backward_finalize"])),
+    "bn_backward": _per_type(["bn_grad_rows", "bn_grad_cols", "bn_dx_rows", "bn_dx_cols"]),
     "layernorm": _per_type(["rownorm_forward", "rownorm_backward_dx", "ln_param_grads"],
                            vec=False),
     "groupnorm": _per_type(["gn_channel_sums"], vec=False),
@@ -267,7 +266,7 @@ class _Plan:
 
     __slots__ = ("C", "P", "acc", "scalar", "grid", "block", "dims", "CP", "m", "fin_grid",
                  "fin_block", "pass1", "finalize", "pass2", "scratch_shapes", "scratch", "ones",
-                 "zeros", "no_update", "flag_update")
+                 "zeros", "no_update", "flag_update", "W", "counters")
 
     def __init__(self, shape, dtype, aligned):
         A, C, B = shape
@@ -280,8 +279,10 @@ class _Plan:
         self.P, self.acc, self.scalar = P, acc, (np.float32 if acc == np.float32 else np.float64)
         self.grid, self.block, self.dims = grid, block, _dims(layout, A, C, B)
         self.CP, self.m = (np.int32(C), np.int32(P)), self.scalar(A * B)
-        self.fin_grid, self.fin_block = (C,), (FINALIZE_THREADS,)
         self.no_update, self.flag_update = (np.int32(0), self.scalar(0)), np.int32(1)
+        # last-block counters: one per channel (rows), one per column block and per channel (cols)
+        self.W = C * B if layout == "cols" else 1
+        self.counters = C + (grid[0] if layout == "cols" else 0)
         self._kernels(layout, f"{ctype}, {vec}", _acc_ctype(acc))
 
     def _kernels(self, layout, targs, acc_ctype):
@@ -295,29 +296,32 @@ class _Plan:
         if buf is None:
             if len(self.scratch) >= STREAMS_PER_PLAN:
                 self.scratch.pop(next(iter(self.scratch)))
-            buf = self.scratch[stream] = tuple(cp.empty(s, dtype=self.acc) for s in self.scratch_shapes)
+            # acc-dtype buffers, then the counters: zero once, and zero again after every launch
+            # (the last block to count itself resets each)
+            buf = self.scratch[stream] = (*(cp.empty(s, dtype=self.acc) for s in self.scratch_shapes),
+                                          cp.zeros(self.counters, dtype=np.uint32))
         return buf
 
 
 class _ForwardPlan(_Plan):
-    """bn_stats -> bn_finalize -> bn_normalize; scratch: partials (3, C, P), params (3, C)."""
+    """bn_stats (finalize included) -> bn_normalize; scratch: partials (3, C, P), column totals
+    (3, W), params (3, C), counters."""
 
     def _kernels(self, layout, targs, acc_ctype):
         self.pass1 = _kernel("bn_stats", f"bn_stats_{layout}<{targs}>")
-        self.finalize = _kernel("bn_finalize", f"bn_finalize<{acc_ctype}>")
         self.pass2 = _kernel("bn_normalize", f"bn_normalize_{layout}<{targs}>")
-        self.scratch_shapes = ((3, self.C, self.P), (3, self.C))
+        self.scratch_shapes = ((3, self.C, self.P), (3, self.W), (3, self.C))
         self.ones = self.zeros = None      # bn_stats' gamma and beta, made on first use
 
 
 class _BackwardPlan(_Plan):
-    """bn_grad -> bn_backward_finalize -> bn_dx; scratch: partials (2, C, P), coef (4, C)."""
+    """bn_grad (finalize included) -> bn_dx; scratch: partials (2, C, P), column totals (2, W),
+    coef (4, C), counters."""
 
     def _kernels(self, layout, targs, acc_ctype):
         self.pass1 = _kernel("bn_backward", f"bn_grad_{layout}<{targs}>")
-        self.finalize = _kernel("bn_backward", f"bn_backward_finalize<{acc_ctype}>")
         self.pass2 = _kernel("bn_backward", f"bn_dx_{layout}<{targs}>")
-        self.scratch_shapes = ((2, self.C, self.P), (4, self.C))
+        self.scratch_shapes = ((2, self.C, self.P), (2, self.W), (4, self.C))
 
 
 class _InferencePlan(_Plan):
@@ -328,6 +332,7 @@ class _InferencePlan(_Plan):
         self.pass2 = _kernel("bn_normalize", f"bn_normalize_{layout}<{targs}>")
         self.fin_grid, self.fin_block = (-(-self.C // 128),), (128,)
         self.scratch_shapes = ((3, self.C),)
+        self.counters = 0
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
@@ -359,29 +364,30 @@ def _bn_statistics(x3, gamma, beta, eps, running=None):
 
     ``params`` (3, C) = (mean, gamma * inv_std, beta) feeds bn_normalize; it is the plan's
     scratch (valid until the next call on this stream). ``running``, if given, is
-    ``(running_mean, running_var, momentum)`` (acc-dtype CuPy arrays, updated in place by the
-    finalize kernel with the unbiased batch variance). x3 must be C-contiguous with C > 0.
-    Does not synchronise.
+    ``(running_mean, running_var, momentum)`` (contiguous acc-dtype CuPy arrays, updated in
+    place by the statistics kernel's last block of each channel, with the unbiased batch
+    variance), or ``(running_mean, running_var, momentum, new_mean, new_var)`` to leave the
+    first two alone and write the updated statistics to the last two. x3 must be C-contiguous
+    with C > 0. Does not synchronise.
     """
     p = _forward_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
-    return _statistics(p, x3, gamma, beta, eps, running) + (p,)
+    return _statistics(p, x3, gamma, beta, eps, running)
 
 
 def _statistics(p, x3, gamma, beta, eps, running):
     empty, acc = _cupy().empty, p.acc
-    part, params = p.buffers()
+    part, colpart, params, counter = p.buffers()
     # three allocations, not rows of one (3, C) array: the stand-in of bench_gpu_host.py makes
     # a view as slowly as an allocation, and CuPy's indexing is not cheaper than its pool
     mean, var, inv_std = empty(p.C, dtype=acc), empty(p.C, dtype=acc), empty(p.C, dtype=acc)
     if running is None:
-        update = p.no_update + (mean, var)                          # (unused placeholders)
+        update = p.no_update + (mean, var, mean, var)              # (unused placeholders)
     else:
-        rm, rv, momentum = running
-        update = (p.flag_update, p.scalar(momentum), rm, rv)
-    p.pass1(p.grid, p.block, (x3, part) + p.dims)
-    p.finalize(p.fin_grid, p.fin_block,
-               (part, _vector(gamma, acc), _vector(beta, acc), p.scalar(eps)) + p.CP
-               + (mean, var, inv_std, params) + update)
+        rm, rv, momentum, *out = running                           # out: (rm_out, rv_out) or []
+        update = (p.flag_update, p.scalar(momentum), rm, rv, *(out or (rm, rv)))
+    p.pass1(p.grid, p.block,
+            (x3, part, colpart, counter, _vector(gamma, acc), _vector(beta, acc), p.scalar(eps),
+             mean, var, inv_std, params) + update + p.dims)
     return mean, var, inv_std, params
 
 
@@ -450,7 +456,7 @@ def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
             return _cupy().empty_like(x3)
         p = _inference_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
         acc = p.acc
-        (params,) = p.buffers()
+        params, _ = p.buffers()
         p.finalize(p.fin_grid, p.fin_block,
                    (_vector(running_mean, acc), _vector(running_var, acc), _vector(gamma, acc),
                     _vector(beta, acc), p.scalar(eps), p.CP[0], params))
@@ -472,11 +478,10 @@ def bn_backward(dy3, x3, mean, inv_std, gamma):
             return _no_channels(x3, 2)
         cp, acc = _cupy(), p.acc
         mean, inv_std = _vector(mean, acc), _vector(inv_std, acc)
-        part, coef = p.buffers()
+        part, colpart, coef, counter = p.buffers()
         dgamma, dbeta = cp.empty(p.C, dtype=acc), cp.empty(p.C, dtype=acc)   # see _statistics
-        p.pass1(p.grid, p.block, (dy3, x3, mean, part) + p.dims)
-        p.finalize(p.fin_grid, p.fin_block,
-                   (part, mean, inv_std, _vector(gamma, acc), p.m) + p.CP + (dgamma, dbeta, coef))
+        p.pass1(p.grid, p.block, (dy3, x3, mean, part, colpart, counter, inv_std,
+                                  _vector(gamma, acc), p.m, dgamma, dbeta, coef) + p.dims)
         dx3 = cp.empty(x3.shape, dtype=x3.dtype)                    # aligned: see _bn_apply
         p.pass2(p.grid, p.block, (dy3, x3, coef, dx3) + p.dims)
         return dx3, dgamma, dbeta

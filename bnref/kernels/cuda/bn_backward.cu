@@ -1,22 +1,43 @@
-// bn_backward.cu: BatchNorm backward in three steps.
+// bn_backward.cu: BatchNorm backward in two launches.
 //
 //   1. bn_grad_rows / bn_grad_cols: per-channel partial sums of dy and dy * (x - mean),
-//      walking the tensor like bn_stats.cu; part (2, C, P).
-//   2. bn_backward_finalize: one block per channel adds the P partials and writes
+//      walking the tensor like bn_stats.cu (part (2, C, P), colpart (2, C * B), counters);
+//      the last block of each channel (common.cuh, last_block_done) adds the P partials and
+//      writes
 //        dbeta  = sum(dy),  dgamma = inv_std * sum(dy * (x - mean)) = sum(dy * x_hat),
 //        coef (4, C) = (mean, scale = gamma * inv_std, dbeta / m, inv_std * dgamma / m).
-//   3. bn_dx_rows / bn_dx_cols:
+//   2. bn_dx_rows / bn_dx_cols:
 //        dx = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma)
 //           = scale * (dy - dbeta / m - (x - mean) * inv_std * dgamma / m).
 // x_hat is recomputed from x (never stored), as in the NumPy reference.
 #include "common.cuh"
 
+#define BN_GRAD_OUT(Acc)                                                                     \
+  const Acc *__restrict__ inv_std, const Acc *__restrict__ gamma, Acc m, Acc *__restrict__ dgamma, \
+      Acc *__restrict__ dbeta, Acc *__restrict__ coef
+#define BN_GRAD_OUT_ARGS inv_std, gamma, m, dgamma, dbeta, coef
+
+// Channel c's sums -> its outputs (what a separate finalize kernel used to write).
+template <class Acc>
+__device__ void bn_finish_grad(int c, int C, Acc sum_dy, Acc sum_dy_xmu, const Acc* mean,
+                               BN_GRAD_OUT(Acc)) {
+  const Acc r = inv_std[c], db = sum_dy, dg = r * sum_dy_xmu;
+  dbeta[c] = db;
+  dgamma[c] = dg;
+  coef[c] = mean[c];
+  coef[C + c] = gamma[c] * r;
+  coef[2 * C + c] = db / m;
+  coef[3 * C + c] = r * dg / m;
+}
+
 template <class T, int VEC>
 __global__ void bn_grad_rows(const T* __restrict__ dy, const T* __restrict__ x,
-                             const acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ part,
+                             const acc_t<T>* __restrict__ mean, acc_t<T>* part,
+                             acc_t<T>* colpart, unsigned* counter, BN_GRAD_OUT(acc_t<T>),
                              int A, int C, int B) {
   using Acc = acc_t<T>;
-  const Acc mu = mean[blockIdx.x];
+  const int c = blockIdx.x;
+  const Acc mu = mean[c];
   Sums<Acc, 2> s = {{0, 0}};
   for_each_vec_of_channel<VEC>(A, C, B, [&](long long off) {
     Acc g[VEC], v[VEC];
@@ -29,16 +50,27 @@ __global__ void bn_grad_rows(const T* __restrict__ dy, const T* __restrict__ x,
     }
   });
   s = sum_across_x(s);
+  const long long P = gridDim.y, CP = static_cast<long long>(C) * P, base = c * P;
   if (threadIdx.x == 0) {
-    const long long P = gridDim.y, i = static_cast<long long>(blockIdx.x) * P + blockIdx.y;
-    part[i] = s.v[0];
-    part[C * P + i] = s.v[1];
+    part[base + blockIdx.y] = s.v[0];
+    part[CP + base + blockIdx.y] = s.v[1];
   }
+  if (!last_block_done(counter + c, gridDim.y)) return;
+  Sums<Acc, 2> t = {{0, 0}};  // the last block of channel c: add its P partials
+  for (long long p = threadIdx.x; p < P; p += blockDim.x) {
+    t.v[0] += load_other(part + base + p);
+    t.v[1] += load_other(part + CP + base + p);
+  }
+  t = sum_across_x(t);
+  if (threadIdx.x == 0) bn_finish_grad(c, C, t.v[0], t.v[1], mean, BN_GRAD_OUT_ARGS);
 }
 
+// Cols layout: as bn_stats_cols (column totals by the last block of each column block, then
+// each channel's B columns by the later of its one or two column blocks).
 template <class T, int VEC>
 __global__ void bn_grad_cols(const T* __restrict__ dy, const T* __restrict__ x,
-                             const acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ part,
+                             const acc_t<T>* __restrict__ mean, acc_t<T>* part,
+                             acc_t<T>* colpart, unsigned* counter, BN_GRAD_OUT(acc_t<T>),
                              long long A, int C, int B) {
   using Acc = acc_t<T>;
   const long long W = static_cast<long long>(C) * B, col = cols_first_column(VEC);
@@ -58,39 +90,47 @@ __global__ void bn_grad_cols(const T* __restrict__ dy, const T* __restrict__ x,
     }
   });
   sum_across_y<Acc, 2 * VEC>(s);
-  if (threadIdx.y == 0 && col < W) {
-    const long long P = static_cast<long long>(gridDim.y) * B;
+  const long long P = static_cast<long long>(gridDim.y) * B, CP = C * P;
+  auto at = [&](long long j, long long sl) { return (j / B) * P + sl * B + j % B; };
+  if (threadIdx.y == 0 && col < W)
     for (int k = 0; k < VEC; ++k) {
-      const long long j = col + k, c = j / B, b = j - c * B;
-      const long long i = c * P + static_cast<long long>(blockIdx.y) * B + b;
+      const long long i = at(col + k, blockIdx.y);
       part[i] = s[k];
-      part[C * P + i] = s[VEC + k];
+      part[CP + i] = s[VEC + k];
     }
+  if (!last_block_done(counter + blockIdx.x, gridDim.y)) return;
+  for (int k = 0; k < 2 * VEC; ++k) s[k] = 0;  // the last block: column totals over the slices
+  if (col < W)
+    for (long long sl = threadIdx.y; sl < gridDim.y; sl += blockDim.y)
+      for (int k = 0; k < VEC; ++k) {
+        const long long i = at(col + k, sl);
+        s[k] += load_other(part + i);
+        s[VEC + k] += load_other(part + CP + i);
+      }
+  sum_across_y<Acc, 2 * VEC>(s);
+  if (threadIdx.y == 0 && col < W)
+    for (int k = 0; k < VEC; ++k) {
+      colpart[col + k] = s[k];
+      colpart[W + col + k] = s[VEC + k];
+    }
+  __threadfence();  // the column totals reach device scope before their channels are counted
+  __syncthreads();
+  const long long Wb = static_cast<long long>(blockDim.x) * VEC;  // columns per column block
+  const long long lo = blockIdx.x * Wb, hi = (W < lo + Wb ? W : lo + Wb) - 1;
+  unsigned* per_channel = counter + gridDim.x;
+  const int t = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
+  for (long long c = lo / B + t; c <= hi / B; c += threads) {
+    const unsigned blocks = static_cast<unsigned>((c * B + B - 1) / Wb - (c * B) / Wb + 1);
+    if (atomicAdd(per_channel + c, 1u) != blocks - 1) continue;  // its other block finishes it
+    per_channel[c] = 0u;
+    __threadfence();
+    Acc sum_dy = 0, sum_dy_xmu = 0;
+    for (int b = 0; b < B; ++b) {
+      sum_dy += load_other(colpart + c * B + b);
+      sum_dy_xmu += load_other(colpart + W + c * B + b);
+    }
+    bn_finish_grad(static_cast<int>(c), C, sum_dy, sum_dy_xmu, mean, BN_GRAD_OUT_ARGS);
   }
-}
-
-template <class Acc>
-__global__ void bn_backward_finalize(const Acc* __restrict__ part, const Acc* __restrict__ mean,
-                                     const Acc* __restrict__ inv_std,
-                                     const Acc* __restrict__ gamma, Acc m, int C, int P,
-                                     Acc* __restrict__ dgamma, Acc* __restrict__ dbeta,
-                                     Acc* __restrict__ coef) {
-  const int c = blockIdx.x;
-  const long long CP = static_cast<long long>(C) * P, base = static_cast<long long>(c) * P;
-  Sums<Acc, 2> s = {{0, 0}};
-  for (int p = threadIdx.x; p < P; p += blockDim.x) {
-    s.v[0] += part[base + p];
-    s.v[1] += part[CP + base + p];
-  }
-  s = sum_across_x(s);
-  if (threadIdx.x != 0) return;
-  const Acc r = inv_std[c], db = s.v[0], dg = r * s.v[1];
-  dbeta[c] = db;
-  dgamma[c] = dg;
-  coef[c] = mean[c];
-  coef[C + c] = gamma[c] * r;
-  coef[2 * C + c] = db / m;
-  coef[3 * C + c] = r * dg / m;
 }
 
 template <class T, int VEC>

@@ -262,4 +262,34 @@ __device__ void sum_across_y(A (&v)[N]) {
   }
 }
 
+// ---- "last block done": finishing a reduction in the launch that computes it -----------------
+// The S blocks that share a counter (one channel's in the rows layout, one column block's in
+// the cols layout) each write their partial, then count themselves in; the block that arrives
+// last sees every partial and finishes the reduction in the same launch, which saves the
+// separate finalize launch (PyTorch's channels-last BatchNorm kernels do the same). Its
+// thread 0 also sets the counter back to 0, so the next launch (the counters live in cached
+// scratch, zeroed once) starts from 0: every block has counted itself by then.
+// Every thread of the block must call this (it synchronises). True in the last block only.
+__device__ __forceinline__ bool last_block_done(unsigned* counter, unsigned blocks) {
+  __shared__ int is_last;
+  __threadfence();  // this block's partials reach device scope before it is counted
+  __syncthreads();  // ... for all of its threads
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    const unsigned before = atomicAdd(counter, 1u);
+    is_last = before == blocks - 1;
+    if (is_last) *counter = 0u;  // all `blocks` have counted: reset for the next launch
+  }
+  __syncthreads();
+  const bool last = is_last != 0;
+  __syncthreads();  // is_last is read by every thread before a later call can write it
+  if (last) __threadfence();  // order the partials' reads after the count
+  return last;
+}
+
+// Partials written by other blocks of this launch: read through volatile so that no stale
+// cached copy can be used (L1 is not coherent across multiprocessors).
+template <class A> __device__ __forceinline__ A load_other(const A* p) {
+  return *static_cast<const volatile A*>(p);
+}
+
 #endif  // BNREF_COMMON_CUH
