@@ -15,7 +15,7 @@ from . import _args
 from . import _validate as v
 from ._typing import Array
 from .backend import get_array_module, get_kernels, is_cupy_array
-from .kernels import cupy_bn
+from .kernels import cupy_bn, stat_dtype
 
 __all__ = [
     "BatchNormCache", "batchnorm_forward", "batchnorm_backward", "batchnorm_inference",
@@ -138,14 +138,27 @@ def batchnorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], e
     >>> np.allclose(y.mean(axis=0), 0), np.allclose(y.var(axis=0), 1, atol=1e-4)
     (True, True)
     """
+    return _forward_train(x, gamma, beta, eps, axis)[:2]
+
+
+def _forward_train(x, gamma, beta, eps, axis, running=None):
+    """batchnorm_forward, and with ``running = (running_mean, running_var, momentum)`` also
+    the running statistics' update where a kernel can do it in the same launches (CuPy arrays
+    in the statistics' dtype): returns ``(y, cache, new)``, ``new`` the ``(new_mean, new_var)``
+    arrays or None, in which case the caller updates them (:func:`_ema`)."""
     xp, axis, C = _args.prepare(x, gamma, beta, eps, axis)
     v.check_training_batch(x, axis)
     perm = _channels_last(x, axis)
+    new = None
     with _on_device(x):
-        y3, mean, var, inv_std = get_kernels(xp).bn_forward_train(
-            _as_acb(x, axis, perm), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp), float(eps))
+        args = (_as_acb(x, axis, perm), _args.param(gamma, C, 1, x, xp), _args.param(beta, C, 0, x, xp), float(eps))
+        kernels = get_kernels(xp)
+        if running is not None and kernels is cupy_bn and running[0].dtype == running[1].dtype == stat_dtype(x.dtype):
+            y3, mean, var, inv_std, *new = cupy_bn.bn_forward_train_update(*args, *running)
+        else:
+            y3, mean, var, inv_std = kernels.bn_forward_train(*args)
     y = _in_layout_of(y3, x, perm)                              # (A, C, B) -> x's shape and layout
-    return y, BatchNormCache(x, mean, var, inv_std, gamma, float(eps), axis)
+    return y, BatchNormCache(x, mean, var, inv_std, gamma, float(eps), axis), new
 
 
 def batchnorm_backward(dy: Array, cache: BatchNormCache) -> tuple[Array, Array, Array]:

@@ -16,7 +16,8 @@ import numpy as np
 from . import _args
 from . import _validate as v
 from ._typing import Array
-from .functional import _ema, _on_device, batchnorm_backward, batchnorm_forward, batchnorm_inference
+from .functional import (_ema, _forward_train, _on_device, batchnorm_backward, batchnorm_forward,
+                         batchnorm_inference)
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "IncompatibleKeys"]
 
@@ -291,10 +292,15 @@ class BatchNorm:
         # GPU are refused by name before anything runs, so an update never fails half-way.
         with _on_device(x, {"running_mean": self.running_mean, "running_var": self.running_var}
                         if update else None):
-            y, cache = batchnorm_forward(x, self.gamma, self.beta, self.eps, self.axis)
-            if update:
+            if not update:
+                y, cache = batchnorm_forward(x, self.gamma, self.beta, self.eps, self.axis)
+            else:
+                # on the GPU the statistics kernel updates them (no extra launches); else _ema
+                momentum = self.momentum if self.momentum is not None else 1.0 / (self.num_batches_tracked + 1)
+                y, cache, new = _forward_train(x, self.gamma, self.beta, self.eps, self.axis,
+                                               (self.running_mean, self.running_var, momentum))
                 self.num_batches_tracked += 1
-                self.running_mean, self.running_var = _ema(
+                self.running_mean, self.running_var = new or _ema(
                     self.running_mean, self.running_var, cache.mean, cache.var, cache.m,
                     self.momentum, self.num_batches_tracked)
         self._cache = ("train", cache)

@@ -540,3 +540,74 @@ def test_a_block_that_finishes_one_partial_early_gives_wrong_statistics(monkeypa
     _, mean, var, _ = cupy_bn.bn_forward_train(xp.asarray(x), xp.asarray(g), xp.asarray(b), 1e-5)
     wrong = ~np.isclose(var, x.var(axis=(0, 2)), rtol=1e-12)
     assert wrong.any()
+
+
+# ---- the layer's running statistics, updated by the statistics kernel ----------------------
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum 0.1", "cumulative"])
+@pytest.mark.parametrize("shape", [(16, 3, 20), (40, 5)], ids=["rows", "cols"])
+def test_layer_running_statistics_come_from_the_statistics_kernel_like_numpys(monkeypatch, shape, momentum):
+    """A training step of BatchNorm on CuPy arrays in the statistics dtype gets its running
+    statistics from bn_stats' last blocks (no _ema, no extra launch): the same values as the
+    NumPy layer, step after step, new arrays each step (the old ones are left alone)."""
+    import bnref
+    from bnref import layer
+    cp = use_emulator(monkeypatch, as_cupy=True)
+    launched = []
+    call = _Kernel.__call__
+
+    def recording(self, grid, block, args):
+        launched.append(self.name.split("<")[0])
+        return call(self, grid, block, args)
+
+    monkeypatch.setattr(_Kernel, "__call__", recording)
+
+    def no_ema(*args):
+        raise AssertionError("the running statistics were updated on the host (_ema)")
+
+    monkeypatch.setattr(layer, "_ema", no_ema)
+    rng = np.random.default_rng(5)
+    C = shape[1]
+    gpu, host = bnref.BatchNorm(C, momentum=momentum), bnref.BatchNorm(C, momentum=momentum)
+    gpu.gamma, gpu.beta = cp.asarray(np.linspace(0.5, 1.5, C)), cp.asarray(np.linspace(-1, 1, C))
+    host.gamma, host.beta = np.linspace(0.5, 1.5, C), np.linspace(-1, 1, C)
+    gpu.running_mean, gpu.running_var = cp.asarray(host.running_mean), cp.asarray(host.running_var)
+    for step in range(3):
+        x = rng.standard_normal(shape) * (step + 1) + step
+        before = gpu.running_mean, gpu.running_var
+        kept = np.array(before[0]), np.array(before[1])
+        launched.clear()
+        y = gpu(cp.asarray(x))
+        with monkeypatch.context() as m:
+            m.setattr(layer, "_ema", bnref.functional._ema)
+            y_host = host(x)
+        assert launched == ["bn_stats_" + ("rows" if len(shape) == 3 else "cols"),
+                            "bn_normalize_" + ("rows" if len(shape) == 3 else "cols")]
+        np.testing.assert_allclose(y, y_host, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(gpu.running_mean, host.running_mean, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(gpu.running_var, host.running_var, rtol=1e-12)
+        assert gpu.running_mean is not before[0] and np.array_equal(before[0], kept[0])
+        assert np.array_equal(before[1], kept[1])
+        assert gpu.num_batches_tracked == host.num_batches_tracked == step + 1
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+def test_layer_running_statistics_in_another_dtype_are_updated_on_the_host(monkeypatch):
+    """float32 inputs with the layer's default float64 statistics: the kernel's float32
+    statistics are not the layer's dtype, so _ema updates them, as on the CPU."""
+    import bnref
+    from bnref import layer
+    cp = use_emulator(monkeypatch, as_cupy=True)
+    x = np.random.default_rng(6).standard_normal((32, 4)).astype(np.float32) * 2 + 1
+    gpu, host = bnref.BatchNorm(4), bnref.BatchNorm(4)
+    gpu.gamma, gpu.beta = cp.asarray(host.gamma), cp.asarray(host.beta)
+    gpu.running_mean, gpu.running_var = cp.asarray(host.running_mean), cp.asarray(host.running_var)
+    calls = []
+    monkeypatch.setattr(layer, "_ema", lambda *a: calls.append(a) or bnref.functional._ema(*a))
+    gpu(cp.asarray(x))
+    assert len(calls) == 1
+    host(x)
+    assert gpu.running_mean.dtype == np.float64
+    np.testing.assert_allclose(gpu.running_mean, host.running_mean, rtol=1e-5, atol=1e-6)   # float32 statistics
+    np.testing.assert_allclose(gpu.running_var, host.running_var, rtol=1e-5, atol=1e-6)

@@ -443,6 +443,32 @@ def bn_forward_train(x3, gamma, beta, eps):
         return _bn_apply(p, x3, params), mean, var, inv_std
 
 
+def bn_forward_train_update(x3, gamma, beta, eps, running_mean, running_var, momentum):
+    """:func:`bn_forward_train` that also updates the running statistics, in the same launches.
+
+    Returns ``(y3, mean, var, inv_std, new_running_mean, new_running_var)``. PyTorch's rule,
+    ``new = (1 - momentum) * old + momentum * batch`` with the *unbiased* batch variance
+    (``var * m / (m - 1)``, m = A * B > 1), computed by the last block of each channel of the
+    statistics kernel; ``running_mean`` and ``running_var`` (statistics dtype) are left alone,
+    the new values are new arrays (as :func:`bnref.functional.running_stats_update` returns).
+    This replaces the handful of small elementwise kernels the update would otherwise cost.
+    Not part of the kernel interface (the CPU sets have no such function): the layer calls it
+    for CuPy arrays. Does not synchronise.
+    """
+    with device_scope(x3, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
+                           "running_var": running_var}):
+        x3 = _contiguous(x3)
+        p = _forward_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
+        if p.C == 0:
+            return (*_no_channels(x3, 3), running_mean.copy(), running_var.copy())
+        empty, acc = _cupy().empty, p.acc
+        new_mean, new_var = empty(p.C, dtype=acc), empty(p.C, dtype=acc)
+        mean, var, inv_std, params = _statistics(
+            p, x3, gamma, beta, eps, (_vector(running_mean, acc), _vector(running_var, acc),
+                                      float(momentum), new_mean, new_var))
+        return _bn_apply(p, x3, params), mean, var, inv_std, new_mean, new_var
+
+
 def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
     """Inference-mode forward: per-channel affine map with the running statistics.
 
