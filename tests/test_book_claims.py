@@ -570,3 +570,168 @@ def test_ch5_self_check_drill_bessel_factor_for_m4_and_widget_prompt():
     assert f"{4 / 3:.4f}" in body
     prompt = _self_check_answer("05_train_vs_test.md", "Predict first")
     assert f"{100 * (1 - 0.99 ** 100):.0f}\\%" in prompt
+
+
+def _drill_numbers(body):
+    """The numbers a drill's answer states, in order: each written after math as `$...$ = 0.1818`
+    or `$...$ ≈ 0.1818` (the page's convention for a result), returned as strings."""
+    import re
+    return re.findall(r"\$\s+(?:=|≈)\s+(-?\d+(?:\.\d+)?)", body)
+
+
+def _assert_stated(body, expected):
+    """The answer states exactly `expected`, in order, each to the precision it is printed with."""
+    stated = _drill_numbers(body)
+    assert len(stated) == len(expected), (stated, expected)
+    for text, value in zip(stated, expected):
+        decimals = len(text.split(".")[1]) if "." in text else 0
+        assert abs(float(text) - value) <= 0.5 * 10 ** -decimals + 1e-12, (text, value)
+
+
+def _gd_error(H, eta, steps, start):
+    """Gradient descent on 0.5 e^T H e from error `start`: the error after `steps` steps."""
+    e = np.array(start, dtype=float)
+    for _ in range(steps):
+        e = e - eta * (H @ e)
+    return e
+
+
+def test_ch1_self_check_drill_condition_number_and_best_step():
+    body = _self_check_answer("01_covariate_shift.md", "6. Drill")
+    H = np.diag([10.0, 1.0])
+    lam = np.linalg.eigvalsh(H)                                            # ascending: (1, 10)
+    kappa, limit, best = lam[-1] / lam[0], 2 / lam[-1], 2 / lam.sum()
+    factor = np.abs(1 - best * lam)
+    np.testing.assert_allclose(factor, (kappa - 1) / (kappa + 1))         # both directions alike
+    # the best step minimises the worst factor; 2 / lambda_max is the edge of stability
+    etas = np.linspace(0.001, limit, 20001)
+    worst = np.abs(1 - etas[:, None] * lam[None, :]).max(axis=1)
+    assert abs(etas[worst.argmin()] - best) < 2 * (etas[1] - etas[0])
+    assert np.linalg.norm(_gd_error(H, 0.99 * limit, 2000, [1, 1])) < 1e-3
+    assert np.linalg.norm(_gd_error(H, 1.01 * limit, 2000, [1, 1])) > 1e3
+    np.testing.assert_allclose(np.abs(_gd_error(H, best, 1, [1, 1])), factor, rtol=1e-12)
+    _assert_stated(body, [kappa, limit, best, factor[0]])
+
+
+def test_ch1_self_check_drill_thousandfold_and_whitening(rng):
+    body = _self_check_answer("01_covariate_shift.md", "7. Drill")
+    H = np.diag([10.0, 1.0])
+    best = 2 / 11
+    n_real = np.log(1000) / np.log(11 / 9)
+    n = int(np.ceil(n_real))
+    assert np.abs(_gd_error(H, best, n, [1, 1])).max() <= 1e-3 < np.abs(_gd_error(H, best, n - 1, [1, 1])).max()
+    # synthetic inputs whose second moments have eigenvalues (10, 1), whitened as in the chapter
+    Q = np.linalg.qr(rng.normal(size=(2, 2)))[0]
+    X = rng.normal(size=(20000, 2)) * np.sqrt([10.0, 1.0]) @ Q.T
+    X -= X.mean(0)
+    evals, evecs = np.linalg.eigh(np.cov(X, rowvar=False, bias=True))
+    X_white = X @ evecs / np.sqrt(evals)
+    lam_w = np.linalg.eigvalsh(X_white.T @ X_white / len(X))
+    np.testing.assert_allclose(lam_w, 1.0, atol=1e-10)
+    kappa_w, best_w = lam_w[-1] / lam_w[0], 2 / lam_w.sum()
+    factor_w = np.abs(1 - best_w * lam_w).max()
+    assert np.abs(_gd_error(X_white.T @ X_white / len(X), best_w, 1, rng.normal(size=2))).max() < 1e-9
+    _assert_stated(body, [n_real, n, kappa_w, best_w, factor_w])
+
+
+def test_ch1_widget_answer_whitened_error_factor_is_one_minus_c():
+    body = _self_check_answer("01_covariate_shift.md", "Answer: what the widget shows")
+    for c in (1.0, 1.9):
+        e = _gd_error(np.eye(2), c, 1, [1.0, -2.0])                       # H = I, eta = c / 1
+        np.testing.assert_allclose(e, (1 - c) * np.array([1.0, -2.0]), atol=1e-15)
+    assert f"1 - 1.9 = {1 - 1.9:.1f}" in body
+
+
+def test_ch7_self_check_drill_variance_noise_and_bias():
+    body = _self_check_answer("07_flaws_and_alternatives.md", "7. Drill")
+    sizes = (2, 4, 16)
+    rng = np.random.default_rng(7)
+    for m in sizes:                                                        # Gaussian batches
+        b = rng.normal(size=(200000, m))
+        assert b.var(axis=1, ddof=1).std() == pytest.approx(np.sqrt(2 / (m - 1)), rel=0.03)
+        assert b.var(axis=1).mean() == pytest.approx((m - 1) / m, rel=0.01)
+    _assert_stated(body, [float(variance_noise(m)) for m in sizes] + [(m - 1) / m for m in sizes])
+
+
+def test_ch7_self_check_drill_how_many_values_share_statistics():
+    body = _self_check_answer("07_flaws_and_alternatives.md", "8. Drill")
+    N, C, H, W, G = 8, 32, 16, 16, 8
+    x = np.random.default_rng(0).normal(size=(N, C, H, W))
+    methods = {   # name: (forward, number of means it computes)
+        "group": lambda x: bnref.groupnorm_forward(x, None, None, num_groups=G),
+        "layer": lambda x: bnref.layernorm_forward(x, None, None, normalized_ndim=3),
+        "batch": lambda x: bnref.batchnorm_forward(x, None, None),
+        "instance": lambda x: bnref.groupnorm_forward(x, None, None, num_groups=C),
+    }
+    expected = []
+    bump = np.zeros_like(x)
+    bump[3, 5, 2, 7] = 1e-3
+    for name, f in methods.items():
+        y, cache = f(x)
+        n_means = cache.mean.size
+        shared = int((np.abs(f(x + bump)[0] - y) > 1e-12).sum())          # outputs one value moves
+        assert n_means * shared == x.size, name
+        expected += [n_means, shared]
+    assert bnref.batchnorm_forward(x, None, None)[1].m == N * H * W
+    _assert_stated(body, expected + [x.size])
+
+
+def test_ch7_self_check_unbiased_variance_only_rescales_x_hat(rng):
+    body = _self_check_answer("07_flaws_and_alternatives.md", "9. A common claim")
+    for m in (2, 4, 16):
+        x = rng.normal(size=(m, 5)) * 3 + 1
+        biased = (x - x.mean(0)) / x.std(0)
+        unbiased = (x - x.mean(0)) / x.std(0, ddof=1)
+        np.testing.assert_allclose(unbiased, np.sqrt((m - 1) / m) * biased, rtol=1e-12)
+    x2 = rng.normal(size=(2, 5))
+    x_hat2 = (x2 - x2.mean(0)) / x2.std(0, ddof=1)
+    np.testing.assert_allclose(np.abs(x_hat2), np.sqrt(1 / 2), rtol=1e-12)
+    _assert_stated(body, [np.sqrt(1 / 2)])
+
+
+def test_ch7_self_check_drill_rnn_per_step_statistics():
+    body = _self_check_answer("07_flaws_and_alternatives.md", "10. Drill")
+    T, hidden = 50, 128
+    lengths = np.repeat([10, 20, 30, 40], 8)                               # a batch of 32
+    running_means = np.zeros((T, hidden))                                  # one set per time step
+    m_at = lambda t: int((lengths >= t).sum())                            # noqa: E731 sequences still running
+    assert m_at(5) == 32
+    _assert_stated(body, [running_means.size, m_at(35), float(variance_noise(m_at(35))),
+                          float(variance_noise(m_at(5)))])
+
+
+def test_ch3_widget_answer_matches_the_frames():
+    # the gamma/beta widget's titles: share of y = gamma x_hat + beta with |y| < 1 and |y| > 4
+    import re
+    from bnref.data import load_digits
+    body = _self_check_answer("03_bn_transform.md", "Answer: what the widget shows")
+    X_train = load_digits()[0]
+    W = np.random.default_rng(0).normal(0, 0.3, size=(64, 8))              # the chapter's first draw
+    feature = (X_train[:256] @ W + 1.0)[:, 3]
+    f_hat = (feature - feature.mean()) / np.sqrt(feature.var() + 1e-5)
+    shares = []
+    for gamma, beta, what in [(1.0, 0.0, "both"), (4.0, 0.0, "both"), (1.0, 3.0, "both"), (0.25, 0.0, "linear")]:
+        y = gamma * f_hat + beta
+        shares.append(np.mean(np.abs(y) < 1))
+        if what == "both":
+            shares.append(np.mean(np.abs(y) > 4))
+    stated = [int(s) for s in re.findall(r"(\d+)%", body)]
+    assert stated == [round(100 * s) for s in shares]
+
+
+def test_ch2_self_check_drill_sigmoid_compounding_and_saturation():
+    body = _self_check_answer("02_internal_covariate_shift.md", "5. Drill")
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))                                # noqa: E731
+    slope = lambda z: sigmoid(z) * (1 - sigmoid(z))                         # noqa: E731
+    torch = pytest.importorskip("torch")
+    # 4 sigmoid layers whose weights pass the gradient on unchanged (weight 1), each input at z:
+    # autograd's gradient is the product of the four sigma'(z)
+    for z, per_layer in [(0.0, 0.25), (2.0, slope(2.0)), (4.0, slope(4.0))]:
+        x = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+        y = x
+        for _ in range(4):
+            y = torch.sigmoid(y) - float(sigmoid(z)) + z                    # the next input is z again
+        y.backward()
+        assert x.grad.item() == pytest.approx(per_layer ** 4, rel=1e-12)
+    assert slope(0.0) == max(slope(np.linspace(-8, 8, 16001)))
+    _assert_stated(body, [0.25 ** 4, slope(2.0), slope(4.0), 0.25 / slope(4.0), (0.25 / slope(4.0)) ** 4])

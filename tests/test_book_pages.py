@@ -49,3 +49,40 @@ def test_every_figure_says_what_it_shows(built, chapter):
     assert alts, f"{chapter} has no figures?"
     bad = [a for a in alts if not a.strip() or a.startswith(("../_images", "_images")) or a.endswith(".png")]
     assert not bad, f"{chapter}: figures without a description: {bad[:3]}"
+
+
+def _page_text(built, page):
+    """A built page as plain text: tags removed, entities decoded, whitespace collapsed."""
+    import html
+    import re
+
+    raw = (built / "book" / f"{page}.html").read_text()
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", raw)).split())
+
+
+def test_ch2_prose_share_of_saturated_inputs_is_the_printed_one(built):
+    # the self-checks and the summary say "about N%" of the inputs saturate without BN at most;
+    # N is the printed largest share over training, rounded
+    import re
+
+    text = _page_text(built, "02_internal_covariate_shift")
+    printed = re.search(r"without BN: at most (\d+\.\d)% with \|z\| > 4", text)
+    assert printed, "ch02 no longer prints the largest saturated share without BN"
+    said = {int(n) for n in re.findall(r"at most about (\d+)% of the inputs", text)}
+    said |= {int(n) for n in re.findall(r"stays at about (\d+)% at most without BN", text)}
+    said |= {int(n) for n in re.findall(r"over all of training, about (\d+)%", text)}
+    assert len(said) == 1 and said == {round(float(printed.group(1)))}, (said, printed.group(1))
+
+
+def test_ch7_prose_median_of_the_m2_variance_is_the_printed_one(built):
+    # the widget's answer and self-check 6 say the median of s^2/sigma^2 at m = 2 is "about half"
+    import re
+
+    text = _page_text(built, "07_flaws_and_alternatives")
+    row = re.search(r"batch size m((?:\s+\d+)+)\s+median((?:\s+\d+\.\d+)+)\s+mean((?:\s+\d+\.\d+)+)", text)
+    assert row, "ch07 no longer prints the median and mean of s^2/sigma^2 per batch size"
+    sizes, medians, means = ([float(v) for v in g.split()] for g in row.groups())
+    at2 = sizes.index(2)
+    assert 0.4 <= medians[at2] <= 0.6, medians           # "about half" / "about 0.5"
+    assert all(abs(v - 1) <= 0.1 for v in means), means  # "its mean is still about 1"
+    assert "median is about half" in text and "median is about 0.5" in text
