@@ -193,13 +193,18 @@ LEGIBILITY_JS = """
                 `column at ${Math.round(col.right)} px: ${(el.textContent || '').trim().slice(0, 60)}`);
     }
   }
+  // drawn: the CSS width a figure was made for (its 10 pt text is 10 pt there)
   const figures = [...art.querySelectorAll('img')].map(img => ({
-    shown: img.getBoundingClientRect().width, bitmap: img.naturalWidth, alt: img.alt || ''}));
-  return {pageWidth: document.documentElement.scrollWidth, screen: window.innerWidth,
+    shown: img.getBoundingClientRect().width, bitmap: img.naturalWidth, alt: img.alt || '',
+    drawn: parseFloat(img.style.width || img.getAttribute('width') || '0'),
+    hinted: !!img.closest('.bnref-scrolls'),
+    box: (img.closest('div.cell_output, figure.bnref-slider') || art).clientWidth}));
+  return {pageWidth: document.documentElement.scrollWidth, screen: window.innerWidth, column: col.width,
           wide: wide.slice(0, 10), figures};
 }
 """
 MIN_BITMAP_RATIO = 1.5             # bitmap pixels per displayed CSS pixel: sharp on HiDPI
+MIN_SHOWN_RATIO = 0.95             # a figure shrunk below this makes its 10 pt labels smaller
 
 
 @pytest.mark.parametrize("width", [1280, 390])
@@ -222,6 +227,18 @@ def test_page_fits_its_screen_with_sharp_described_figures(browser, server, path
             assert fig["bitmap"] >= MIN_BITMAP_RATIO * fig["shown"], (
                 f"{path} at {width} px: a {fig['bitmap']} px bitmap shown {fig['shown']:.0f} px "
                 f"wide is blurry on a HiDPI screen: {fig['alt'][:60]}")
+            if width >= 1280:                          # a laptop shows every figure whole
+                assert fig["shown"] <= m["column"] + 1, (
+                    f"{path}: a figure {fig['shown']:.0f} px wide does not fit the "
+                    f"{m['column']:.0f} px column at {width} px: {fig['alt'][:60]}")
+            # on a phone a figure scrolls sideways in its own box rather than shrink its text,
+            # and a line under the box says so (phones hide scrollbars)
+            assert fig["hinted"] == (fig["shown"] > fig["box"] + 1), (
+                f"{path} at {width} px: a figure {fig['shown']:.0f} px wide in a {fig['box']:.0f} px "
+                f"box {'lacks' if not fig['hinted'] else 'has'} the 'swipe sideways' hint: {fig['alt'][:60]}")
+            assert fig["shown"] >= MIN_SHOWN_RATIO * fig["drawn"], (
+                f"{path} at {width} px: a figure drawn {fig['drawn']:.0f} px wide is shown "
+                f"{fig['shown']:.0f} px wide, its labels shrunk: {fig['alt'][:60]}")
             alt = fig["alt"].strip()
             assert alt and " " in alt and not alt.startswith(("_build", "/", "..")), (
                 f"{path}: a figure whose alt text does not say what it shows: {alt!r}")
