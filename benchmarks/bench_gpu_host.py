@@ -25,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,8 @@ def stubbed_cupy():
     from bnref.kernels import cupy_bn
 
     class _NoKernel:
+        kernel = types.SimpleNamespace(ptr=0)        # for the occupancy query (the stand-in answers)
+
         def __call__(self, grid, block, args):
             return None
 

@@ -45,6 +45,8 @@ def fake(monkeypatch):
     launches, entered = [], []
 
     class Recorded:
+        kernel = types.SimpleNamespace(ptr=0)        # for the occupancy query
+
         def __init__(self, expression):
             self.expression = expression
 

@@ -34,6 +34,7 @@ from bnref.kernels import cupy_bn
 
 GXX = shutil.which("g++")
 EMULATED_SMS = 2          # a small "GPU": few blocks, but reductions still split over blocks
+EMULATED_THREADS_PER_SM = 2048   # as an H100's: 8 resident blocks of 256 threads
 
 SHIM = r"""
 // ---- CUDA on C++ threads (test emulation only) ----
@@ -195,6 +196,7 @@ class _RawModule:
 class _Kernel:
     def __init__(self, lib, i, name):
         self.launch, self.name = getattr(lib, f"launch_{i}"), name
+        self.kernel = types.SimpleNamespace(ptr=id(self))     # RawKernel.kernel: the CUfunction
         sizes = (ctypes.c_size_t * 32)()
         n = getattr(lib, f"sizes_{i}")(sizes)
         self.sizes = list(sizes[:n])
@@ -300,6 +302,12 @@ def _wrap(obj):
     return obj
 
 
+def emulated_occupancy(func, threads, dynamic_shared_bytes):
+    """The occupancy calculator's answer for the emulated GPU: every kernel fits as many
+    blocks as EMULATED_THREADS_PER_SM threads allow (no register or shared-memory limit)."""
+    return max(1, EMULATED_THREADS_PER_SM // threads)
+
+
 def fake_cupy():
     """A module that quacks like the parts of CuPy that cupy_bn, bnref and the tests use.
 
@@ -323,7 +331,9 @@ def fake_cupy():
     stream = types.SimpleNamespace(ptr=0)      # one stream, the default (cupy_bn keys scratch on it)
     m.cuda = types.SimpleNamespace(Device=FakeDevice,
                                    runtime=types.SimpleNamespace(getDevice=lambda: FakeDevice.current),
-                                   get_current_stream=lambda: stream)
+                                   get_current_stream=lambda: stream,
+                                   driver=types.SimpleNamespace(
+                                       occupancyMaxActiveBlocksPerMultiprocessor=emulated_occupancy))
     return m
 
 
@@ -409,7 +419,7 @@ def test_plan_picks_layout_and_vector_width(monkeypatch, shape, dtype, layout, v
 def test_plan_splits_channels_to_fill_the_gpu_when_c_is_small(monkeypatch):
     xp = use_emulator(monkeypatch)
     layout, _, _, grid, block, parts = cupy_bn._plan(xp.asarray(np.zeros((64, 2, 4096), np.float32)))
-    assert layout == "rows" and grid == (2, EMULATED_SMS * cupy_bn.BLOCKS_PER_SM // 2)
+    assert layout == "rows" and grid == (2, EMULATED_SMS * (EMULATED_THREADS_PER_SM // 256) // 2)
     assert parts == grid[1]
 
 
@@ -470,7 +480,7 @@ LAST_BLOCK_CASES = [
     ((32, 2, 512), np.float64, "rows", (2, 8)),
     ((4096, 5, 3), np.float64, "cols", (1, 16)),     # B = 3: a channel is 3 columns
     ((512, 40, 3), np.float64, "cols", (2, 8)),      # channel 21's columns 63..65 straddle 2 column blocks
-    ((256, 300, 1), np.float32, "cols", (3, 6)),     # (N, C): a column is a channel
+    ((256, 300, 1), np.float32, "cols", (3, 5)),     # (N, C): a column is a channel
 ]
 
 
@@ -611,3 +621,39 @@ def test_layer_running_statistics_in_another_dtype_are_updated_on_the_host(monke
     assert gpu.running_mean.dtype == np.float64
     np.testing.assert_allclose(gpu.running_mean, host.running_mean, rtol=1e-5, atol=1e-6)   # float32 statistics
     np.testing.assert_allclose(gpu.running_var, host.running_var, rtol=1e-5, atol=1e-6)
+
+
+# ---- grids from the kernels' occupancy -------------------------------------------------------
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+def test_grids_are_one_wave_of_the_blocks_the_occupancy_query_says_fit(monkeypatch):
+    """Each pass's grid is sized from its own kernel's occupancy (asked once per kernel), and
+    the split count is rounded down: one full wave, not a second one that is mostly empty."""
+    xp = use_emulator(monkeypatch)
+    asked = []
+
+    def occupancy(func, threads, shared):
+        asked.append(func)
+        return {"bn_stats": 3, "bn_normalize": 5}[kernel_of[func]]
+
+    kernel_of = {}
+    real_kernel = cupy_bn._kernel
+
+    def named(name, expression):
+        k = real_kernel(name, expression)
+        kernel_of[k.kernel.ptr] = name
+        return k
+
+    monkeypatch.setattr(cupy_bn, "_kernel", named)
+    monkeypatch.setattr(xp.cuda.driver, "occupancyMaxActiveBlocksPerMultiprocessor", occupancy)
+    x = np.random.default_rng(2).standard_normal((64, 3, 1024))
+    for _ in range(2):
+        y, mean, var, _ = cupy_bn.bn_forward_train(xp.asarray(x), np.ones(3), np.zeros(3), 1e-5)
+        np.testing.assert_allclose(var, x.var(axis=(0, 2)), rtol=1e-12)
+        np.testing.assert_allclose(y, (x - x.mean(axis=(0, 2))[:, None]) / np.sqrt(var[:, None] + 1e-5),
+                                   rtol=1e-10, atol=1e-12)
+    assert len(asked) == 2, "one occupancy query per kernel, then cached"
+    plan = cupy_bn._forward_plan((64, 3, 1024), np.dtype(np.float64), True, 0)
+    assert plan.grid == (3, EMULATED_SMS * 3 // 3)     # 6 resident blocks: 2 per channel
+    assert plan.grid2 == (3, EMULATED_SMS * 5 // 3)    # 10 resident: 3 per channel (9 blocks), not 4 (12)
+    assert plan.P == plan.grid[1]

@@ -60,7 +60,8 @@ _ACC_CTYPE = {"float32": "float", "float64": "double"}
 
 ROWS_MIN_B = 16          # B >= this: "rows" layout; else "cols"
 THREADS = 256            # threads per block for the tensor passes
-BLOCKS_PER_SM = 8        # 8 x 256 = 2048 threads: a full H100 / A100 SM
+BLOCKS_PER_SM = 8        # LayerNorm's column sums only: 8 x 256 = 2048 threads, a full H100 SM
+WAVES = 1                # BatchNorm grids: this many full waves of resident blocks (see _grid_plan)
 MIN_ITEMS = 4            # at least this many vectors (rows) per thread before splitting more
 
 
@@ -167,8 +168,25 @@ def _sm_count(device_id):
 
 
 def _target_blocks():
-    """Blocks that fill the current GPU once (BLOCKS_PER_SM per multiprocessor)."""
+    """Blocks that fill the current GPU once, assuming BLOCKS_PER_SM per multiprocessor (for
+    LayerNorm; BatchNorm asks the occupancy calculator, :func:`_resident_blocks`)."""
     return _sm_count(_cupy().cuda.runtime.getDevice()) * BLOCKS_PER_SM
+
+
+@functools.lru_cache(maxsize=None)
+def _blocks_per_sm(name, expression, threads, device_id):
+    """How many blocks of ``threads`` threads of this kernel one multiprocessor of the device
+    holds at once: CUDA's occupancy calculator, from the compiled kernel's registers and static
+    shared memory (none is dynamic here). Queried once per kernel, block size and device."""
+    func = _kernel(name, expression).kernel.ptr               # the CUfunction on this device
+    n = _cupy().cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(func, threads, 0)
+    return max(1, int(n))
+
+
+def _resident_blocks(name, expression, threads=THREADS):
+    """Blocks of this kernel that the current GPU runs at once (one full wave)."""
+    dev = _cupy().cuda.runtime.getDevice()
+    return _sm_count(dev) * _blocks_per_sm(name, expression, threads, dev)
 
 
 @functools.lru_cache(maxsize=None)
@@ -204,7 +222,9 @@ def _plan(x3, *others):
     A, C, B = x3.shape
     _check_size(A, B)
     aligned = all(a.data.ptr % 16 == 0 for a in (x3, *others))
-    return _grid_plan(A, C, B, x3.dtype, aligned, _target_blocks())
+    layout, ctype, vec = _layout(C, B, x3.dtype, aligned)
+    target = _resident_blocks("bn_stats", f"bn_stats_{layout}<{ctype}, {vec}>")
+    return _grid_plan(A, C, B, x3.dtype, aligned, target)
 
 
 def _check_size(A, B):
@@ -213,24 +233,37 @@ def _check_size(A, B):
 
 
 @functools.lru_cache(maxsize=1024)
-def _grid_plan(A, C, B, dtype, aligned, target):
-    """See _plan. Splits the reduction dimension so that about ``target`` blocks run even when
-    C is small, but never below ``MIN_ITEMS`` vectors (rows) per thread."""
+def _layout(C, B, dtype, aligned):
+    """("rows" or "cols", C++ type, vector width) of a pass over (A, C, B) values of dtype."""
     ctype, vec = _ctype(dtype)
-    if B >= ROWS_MIN_B:
-        if B % vec or not aligned:
-            vec = 1
-        per_channel = A * B // vec
-        splits = max(1, min(-(-target // C), -(-per_channel // (THREADS * MIN_ITEMS)), 65535))
-        return "rows", ctype, vec, (C, splits), (THREADS,), splits
-    W = C * B
-    if W % vec or not aligned:
+    run = B if B >= ROWS_MIN_B else C * B           # what one 16-byte vector must not cross
+    if run % vec or not aligned:
         vec = 1
-    col_threads = -(-W // vec)
+    return ("rows" if B >= ROWS_MIN_B else "cols"), ctype, vec
+
+
+@functools.lru_cache(maxsize=1024)
+def _grid_plan(A, C, B, dtype, aligned, target):
+    """See _plan. Splits the reduction dimension so that the grid is WAVES full waves of
+    ``target`` resident blocks (the kernel's occupancy times the SMs) even when C is small,
+    but never below ``MIN_ITEMS`` vectors (rows) per thread.
+
+    The split count is rounded *down*: C * ceil(target / C) blocks would be up to 1.33 waves
+    (C = 96 of 1056 resident blocks: 1152), a second wave that is mostly empty and as long as
+    the first, where a little more work per block in one wave is shorter. (Reasoned, not
+    measured on a GPU.) With C > target there is one block per channel, C / target waves.
+    """
+    layout, ctype, vec = _layout(C, B, dtype, aligned)
+    blocks = WAVES * target
+    if layout == "rows":
+        per_channel = A * B // vec
+        splits = max(1, min(blocks // C, -(-per_channel // (THREADS * MIN_ITEMS)), 65535))
+        return "rows", ctype, vec, (C, splits), (THREADS,), splits
+    col_threads = -(-C * B // vec)
     bx = min(32, 1 << (col_threads - 1).bit_length())   # a power of two <= 32
     by = THREADS // bx
     gx = -(-col_threads // bx)
-    splits = max(1, min(-(-target // gx), -(-A // (by * MIN_ITEMS)), 65535))
+    splits = max(1, min(blocks // gx, -(-A // (by * MIN_ITEMS)), 65535))
     return "cols", ctype, vec, (gx, splits), (bx, by), splits * B
 
 
@@ -264,9 +297,12 @@ STREAMS_PER_PLAN = 8         # scratch sets kept per plan (the oldest is dropped
 class _Plan:
     """One BatchNorm call kind on one (shape, dtype, alignment, device); see the notes above."""
 
-    __slots__ = ("C", "P", "acc", "scalar", "grid", "block", "dims", "CP", "m", "fin_grid",
-                 "fin_block", "pass1", "finalize", "pass2", "scratch_shapes", "scratch", "ones",
-                 "zeros", "no_update", "flag_update", "W", "counters")
+    __slots__ = ("C", "P", "acc", "scalar", "grid", "grid2", "block", "dims", "CP", "m",
+                 "fin_grid", "fin_block", "pass1", "finalize", "pass2", "scratch_shapes",
+                 "scratch", "ones", "zeros", "no_update", "flag_update", "W", "counters")
+
+    #: (module, kernel) of the reduction pass (None: there is none) and of the elementwise pass
+    PASSES = ((None, None), (None, None))
 
     def __init__(self, shape, dtype, aligned):
         A, C, B = shape
@@ -275,7 +311,20 @@ class _Plan:
         if C == 0:
             return
         acc = stat_dtype(dtype)
-        layout, ctype, vec, grid, block, P = _grid_plan(A, C, B, dtype, aligned, _target_blocks())
+        layout, ctype, vec = _layout(C, B, dtype, aligned)
+        targs = f"{ctype}, {vec}"
+        # each pass's grid from its own kernel's occupancy (the elementwise passes use fewer
+        # registers than the reductions, so more of their blocks may fit); the partials'
+        # layout P follows the reduction's grid
+        (mod1, k1), (mod2, k2) = self.PASSES
+        self.pass2 = _kernel(mod2, f"{k2}_{layout}<{targs}>")
+        _, _, _, self.grid2, block, P = _grid_plan(
+            A, C, B, dtype, aligned, _resident_blocks(mod2, f"{k2}_{layout}<{targs}>"))
+        grid = self.grid2
+        if k1 is not None:
+            self.pass1 = _kernel(mod1, f"{k1}_{layout}<{targs}>")
+            _, _, _, grid, block, P = _grid_plan(
+                A, C, B, dtype, aligned, _resident_blocks(mod1, f"{k1}_{layout}<{targs}>"))
         self.P, self.acc, self.scalar = P, acc, (np.float32 if acc == np.float32 else np.float64)
         self.grid, self.block, self.dims = grid, block, _dims(layout, A, C, B)
         self.CP, self.m = (np.int32(C), np.int32(P)), self.scalar(A * B)
@@ -283,10 +332,10 @@ class _Plan:
         # last-block counters: one per channel (rows), one per column block and per channel (cols)
         self.W = C * B if layout == "cols" else 1
         self.counters = C + (grid[0] if layout == "cols" else 0)
-        self._kernels(layout, f"{ctype}, {vec}", _acc_ctype(acc))
+        self._more(_acc_ctype(acc))
 
-    def _kernels(self, layout, targs, acc_ctype):
-        raise NotImplementedError
+    def _more(self, acc_ctype):
+        """What a kind of plan needs besides its passes."""
 
     def buffers(self):
         """This stream's scratch buffers (made on the first call on the stream)."""
@@ -307,9 +356,9 @@ class _ForwardPlan(_Plan):
     """bn_stats (finalize included) -> bn_normalize; scratch: partials (3, C, P), column totals
     (3, W), params (3, C), counters."""
 
-    def _kernels(self, layout, targs, acc_ctype):
-        self.pass1 = _kernel("bn_stats", f"bn_stats_{layout}<{targs}>")
-        self.pass2 = _kernel("bn_normalize", f"bn_normalize_{layout}<{targs}>")
+    PASSES = (("bn_stats", "bn_stats"), ("bn_normalize", "bn_normalize"))
+
+    def _more(self, acc_ctype):
         self.scratch_shapes = ((3, self.C, self.P), (3, self.W), (3, self.C))
         self.ones = self.zeros = None      # bn_stats' gamma and beta, made on first use
 
@@ -318,18 +367,19 @@ class _BackwardPlan(_Plan):
     """bn_grad (finalize included) -> bn_dx; scratch: partials (2, C, P), column totals (2, W),
     coef (4, C), counters."""
 
-    def _kernels(self, layout, targs, acc_ctype):
-        self.pass1 = _kernel("bn_backward", f"bn_grad_{layout}<{targs}>")
-        self.pass2 = _kernel("bn_backward", f"bn_dx_{layout}<{targs}>")
+    PASSES = (("bn_backward", "bn_grad"), ("bn_backward", "bn_dx"))
+
+    def _more(self, acc_ctype):
         self.scratch_shapes = ((2, self.C, self.P), (2, self.W), (4, self.C))
 
 
 class _InferencePlan(_Plan):
     """bn_inference_params -> bn_normalize; scratch: params (3, C)."""
 
-    def _kernels(self, layout, targs, acc_ctype):
+    PASSES = ((None, None), ("bn_normalize", "bn_normalize"))
+
+    def _more(self, acc_ctype):
         self.finalize = _kernel("bn_finalize", f"bn_inference_params<{acc_ctype}>")
-        self.pass2 = _kernel("bn_normalize", f"bn_normalize_{layout}<{targs}>")
         self.fin_grid, self.fin_block = (-(-self.C // 128),), (128,)
         self.scratch_shapes = ((3, self.C),)
         self.counters = 0
@@ -423,7 +473,7 @@ def _bn_apply(p, x3, params):
     plan's vector width, chosen for x3, is valid for it too.
     """
     y3 = _cupy().empty(x3.shape, dtype=x3.dtype)
-    p.pass2(p.grid, p.block, (x3, params, y3) + p.dims)
+    p.pass2(p.grid2, p.block, (x3, params, y3) + p.dims)
     return y3
 
 
@@ -509,7 +559,7 @@ def bn_backward(dy3, x3, mean, inv_std, gamma):
         p.pass1(p.grid, p.block, (dy3, x3, mean, part, colpart, counter, inv_std,
                                   _vector(gamma, acc), p.m, dgamma, dbeta, coef) + p.dims)
         dx3 = cp.empty(x3.shape, dtype=x3.dtype)                    # aligned: see _bn_apply
-        p.pass2(p.grid, p.block, (dy3, x3, coef, dx3) + p.dims)
+        p.pass2(p.grid2, p.block, (dy3, x3, coef, dx3) + p.dims)
         return dx3, dgamma, dbeta
 
 
@@ -631,7 +681,8 @@ def gn_backward(dy3, x3, mean, inv_std, gamma, num_groups):
 
 #: The per-process caches (compiled modules, kernel handles, device properties, plans with
 #: their scratch): tests that swap CuPy or the kernels for stand-ins give each a fresh one.
-CACHES = ("_module", "_kernel", "_sm_count", "_forward_plan", "_backward_plan", "_inference_plan")
+CACHES = ("_module", "_kernel", "_sm_count", "_blocks_per_sm", "_forward_plan", "_backward_plan",
+          "_inference_plan")
 
 
 def clear_cache():
