@@ -86,3 +86,16 @@ def test_ch7_prose_median_of_the_m2_variance_is_the_printed_one(built):
     assert 0.4 <= medians[at2] <= 0.6, medians           # "about half" / "about 0.5"
     assert all(abs(v - 1) <= 0.1 for v in means), means  # "its mean is still about 1"
     assert "median is about half" in text and "median is about 0.5" in text
+
+
+@pytest.mark.parametrize("page", sorted(str(p.relative_to(ROOT).with_suffix("")) for p in
+                                        [*(ROOT / "book").glob("*.md"), *(ROOT / "exercises").glob("ps*/*.ipynb")]))
+def test_no_directive_is_left_as_raw_text(built, page):
+    # A MyST fence whose title has a backtick (CommonMark forbids them in a backtick fence's info
+    # string) is not a directive: the page shows "````{admonition} ..." as text, and the next
+    # fence swallows the following block as code
+    import re
+
+    raw = (built / f"{page}.html").read_text()
+    prose = re.sub(r"<pre[\s\S]*?</pre>|<code[\s\S]*?</code>", " ", raw)    # code may show MyST
+    assert "```" not in prose and not re.search(r"\{(admonition|code-cell|figure|note|math)\}", prose), page
