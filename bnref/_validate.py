@@ -61,7 +61,7 @@ def check_array(name, a):
 def check_float_array(name, a, xp, min_ndim=1):
     """``a`` must be a floating array of the backend ``xp`` with at least ``min_ndim`` axes."""
     check_array(name, a)
-    kind = np.dtype(a.dtype).kind if a.dtype != object else "O"
+    kind = a.dtype.kind                 # (NumPy and CuPy arrays' dtypes are numpy.dtype objects)
     if kind != "f" and not (xp is not np and "bfloat16" in str(a.dtype)):
         raise TypeError(
             f"{name} must have a floating dtype (float32 or float64), got dtype {_dtype_name(a)}; "

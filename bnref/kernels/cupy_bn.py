@@ -400,6 +400,12 @@ def _inference_plan(shape, dtype, aligned, device):
     return _InferencePlan(shape, dtype, aligned)
 
 
+def _where(x3):
+    """(16-byte aligned?, device id) of x3: the rest of a plan's key."""
+    d = x3.data
+    return d.ptr % 16 == 0, d.device_id
+
+
 def _contiguous(a, dtype=None):
     """``a`` as a C-contiguous array (of ``dtype``): ``a`` itself when it is one already."""
     if a.flags.c_contiguous and (dtype is None or a.dtype == dtype):
@@ -420,7 +426,7 @@ def _bn_statistics(x3, gamma, beta, eps, running=None):
     first two alone and write the updated statistics to the last two. x3 must be C-contiguous
     with C > 0. Does not synchronise.
     """
-    p = _forward_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
+    p = _forward_plan(x3.shape, x3.dtype, *_where(x3))
     return _statistics(p, x3, gamma, beta, eps, running)
 
 
@@ -456,7 +462,7 @@ def bn_stats(x3):
     """
     with device_scope(x3):
         x3 = _contiguous(x3)
-        p = _forward_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
+        p = _forward_plan(x3.shape, x3.dtype, *_where(x3))
         if p.C == 0:
             return _no_channels(x3, 2)[1:]
         if p.ones is None:                  # gamma = 1, beta = 0: made once, on x's device
@@ -486,7 +492,7 @@ def bn_forward_train(x3, gamma, beta, eps):
     """
     with device_scope(x3, {"gamma": gamma, "beta": beta}):
         x3 = _contiguous(x3)
-        p = _forward_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
+        p = _forward_plan(x3.shape, x3.dtype, *_where(x3))
         if p.C == 0:
             return _no_channels(x3, 3)
         mean, var, inv_std, params = _statistics(p, x3, gamma, beta, eps, None)
@@ -508,7 +514,7 @@ def bn_forward_train_update(x3, gamma, beta, eps, running_mean, running_var, mom
     with device_scope(x3, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
                            "running_var": running_var}):
         x3 = _contiguous(x3)
-        p = _forward_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
+        p = _forward_plan(x3.shape, x3.dtype, *_where(x3))
         if p.C == 0:
             return (*_no_channels(x3, 3), running_mean.copy(), running_var.copy())
         empty, acc = _cupy().empty, p.acc
@@ -530,7 +536,7 @@ def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
         x3 = _contiguous(x3)
         if x3.size == 0:                                            # no channels, or no examples
             return _cupy().empty_like(x3)
-        p = _inference_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0, x3.data.device_id)
+        p = _inference_plan(x3.shape, x3.dtype, *_where(x3))
         acc = p.acc
         params, _ = p.buffers()
         p.finalize(p.fin_grid, p.fin_block,
@@ -548,8 +554,8 @@ def bn_backward(dy3, x3, mean, inv_std, gamma):
     with device_scope(x3, {"dy": dy3, "mean": mean, "inv_std": inv_std, "gamma": gamma}):
         x3 = _contiguous(x3)
         dy3 = _contiguous(dy3, x3.dtype)
-        p = _backward_plan(x3.shape, x3.dtype, x3.data.ptr % 16 == 0 and dy3.data.ptr % 16 == 0,
-                           x3.data.device_id)
+        aligned, dev = _where(x3)
+        p = _backward_plan(x3.shape, x3.dtype, aligned and dy3.data.ptr % 16 == 0, dev)
         if p.C == 0:
             return _no_channels(x3, 2)
         cp, acc = _cupy(), p.acc
