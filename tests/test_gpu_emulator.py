@@ -657,3 +657,24 @@ def test_grids_are_one_wave_of_the_blocks_the_occupancy_query_says_fit(monkeypat
     assert plan.grid == (3, EMULATED_SMS * 3 // 3)     # 6 resident blocks: 2 per channel
     assert plan.grid2 == (3, EMULATED_SMS * 5 // 3)    # 10 resident: 3 per channel (9 blocks), not 4 (12)
     assert plan.P == plan.grid[1]
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+@pytest.mark.parametrize("shape,dtype,vec", [((40, 2, 300), np.float32, 4), ((40, 2, 301), np.float64, 1),
+                                             ((401, 3, 16), np.float64, 2)],
+                         ids=["75 vectors a run", "301 values a run (> a block)", "8 vectors a run"])
+def test_rows_walk_steps_run_and_position_exactly(monkeypatch, shape, dtype, vec):
+    """The rows walk steps (run, position) incrementally instead of dividing per vector: with
+    runs shorter and longer than a block, and slices that start inside a run, every value is
+    visited once (statistics, y and dx as NumPy's)."""
+    xp = use_emulator(monkeypatch)
+    layout, _, got_vec, grid, _, _ = cupy_bn._plan(xp.asarray(np.zeros(shape, dtype)))
+    assert (layout, got_vec) == ("rows", vec) and grid[1] > 1
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    x, dy, g, b = _last_block_case(shape, dtype, 3)
+    _check_forward_backward(xp, x, dy, g, b, rtol)
+    y, *_ = cupy_bn.bn_forward_train(xp.asarray(x), xp.asarray(g), xp.asarray(b), 1e-5)
+    x64 = x.astype(np.float64)
+    want = ((x64 - x64.mean(axis=(0, 2))[:, None]) / np.sqrt(x64.var(axis=(0, 2))[:, None] + 1e-5)
+            * g[:, None] + b[:, None])
+    np.testing.assert_allclose(y, want, rtol=rtol, atol=rtol * 10)
