@@ -408,11 +408,39 @@ def test_finalize_updates_running_statistics_like_pytorch(monkeypatch, shape):
     ((8, 3, 64), np.float32, "rows", 4),      # NCHW
     ((4, 6, 49), np.float32, "rows", 1),      # B = 49 is not a multiple of 4
     ((4, 6, 64), np.float16, "rows", 8),      # 8 halves per load
+    ((4, 6, 50), np.float32, "rows", 2),      # the widest that divides the run: 2 floats
+    ((4, 6, 52), np.float16, "rows", 4),      # 4 halves
+    ((9, 3, 2), np.float32, "cols", 2),       # W = 6
 ])
 def test_plan_picks_layout_and_vector_width(monkeypatch, shape, dtype, layout, vec):
     xp = use_emulator(monkeypatch)
     got = cupy_bn._plan(xp.asarray(np.zeros(shape, dtype)))
     assert (got[0], got[2]) == (layout, vec)
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+@pytest.mark.parametrize("offset,vec", [(0, 4), (1, 1), (2, 2), (4, 4)], ids=lambda v: str(v))
+def test_vector_width_fits_the_alignment_of_every_pointer(monkeypatch, offset, vec):
+    """A view that starts `offset` floats into its buffer gets vectors no wider than its
+    address allows (4 bytes in: 1 float, 8 bytes: 2), in the plan and in the kernels' results."""
+    xp = use_emulator(monkeypatch)
+    rng = np.random.default_rng(9)
+
+    def at_offset():
+        buf = np.empty(4 * 6 * 64 + 8, np.float32)
+        assert buf.ctypes.data % 16 == 0
+        a = buf[offset:offset + 4 * 6 * 64].reshape(4, 6, 64)
+        a[...] = rng.standard_normal(a.shape)
+        return a.view(FakeArray)
+
+    x, dy = at_offset(), at_offset()
+    assert cupy_bn._plan(xp.asarray(np.zeros(x.shape, np.float32)))[2] == 4
+    assert cupy_bn._plan(x)[2] == cupy_bn._plan(dy)[2] == vec
+    ones = np.ones(6, np.float32)
+    y, mean, var, inv_std = cupy_bn.bn_forward_train(x, ones, 0 * ones, 1e-5)
+    np.testing.assert_allclose(var, np.asarray(x).var(axis=(0, 2)), rtol=2e-5)
+    dx, dgamma, dbeta = cupy_bn.bn_backward(dy, x, mean, inv_std, ones)
+    np.testing.assert_allclose(dbeta, np.asarray(dy).sum(axis=(0, 2)), rtol=2e-5, atol=1e-4)
 
 
 @pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
@@ -464,7 +492,7 @@ def test_a_plan_is_made_once_per_shape_and_its_scratch_once_per_stream(monkeypat
         np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(var, x.var(axis=(0, 2)), rtol=1e-12)
     assert cupy_bn._forward_plan.cache_info().misses == 1
-    plan = cupy_bn._forward_plan((6, 3, 40), np.dtype(np.float64), True, 0)
+    plan = cupy_bn._forward_plan((6, 3, 40), np.dtype(np.float64), 16, 0)
     assert list(plan.scratch) == [0]
     monkeypatch.setattr(xp.cuda, "get_current_stream", lambda: types.SimpleNamespace(ptr=1234))
     cupy_bn.bn_forward_train(xp.asarray(x), g, b, 1e-5)
@@ -520,7 +548,7 @@ def test_the_last_block_of_each_channel_merges_every_partial_and_resets_its_coun
     rtol = 1e-12 if dtype == np.float64 else 2e-5
     for seed in (0, 1):
         _check_forward_backward(xp, *_last_block_case(shape, dtype, seed), rtol)
-    key = (shape, np.dtype(dtype), True, 0)
+    key = (shape, np.dtype(dtype), 16, 0)          # 16-byte aligned (NumPy allocations are), device 0
     for plan in (cupy_bn._forward_plan(*key), cupy_bn._backward_plan(*key)):
         (buffers,) = plan.scratch.values()
         counter = np.asarray(buffers[-1])
@@ -653,7 +681,7 @@ def test_grids_are_one_wave_of_the_blocks_the_occupancy_query_says_fit(monkeypat
         np.testing.assert_allclose(y, (x - x.mean(axis=(0, 2))[:, None]) / np.sqrt(var[:, None] + 1e-5),
                                    rtol=1e-10, atol=1e-12)
     assert len(asked) == 2, "one occupancy query per kernel, then cached"
-    plan = cupy_bn._forward_plan((64, 3, 1024), np.dtype(np.float64), True, 0)
+    plan = cupy_bn._forward_plan((64, 3, 1024), np.dtype(np.float64), 16, 0)
     assert plan.grid == (3, EMULATED_SMS * 3 // 3)     # 6 resident blocks: 2 per channel
     assert plan.grid2 == (3, EMULATED_SMS * 5 // 3)    # 10 resident: 3 per channel (9 blocks), not 4 (12)
     assert plan.P == plan.grid[1]

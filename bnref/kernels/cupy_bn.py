@@ -70,7 +70,9 @@ def _per_type(kernels, vec=True):
     out = []
     for k in kernels:
         for ctype, v in _TYPES.values():
-            out += [f"{k}<{ctype}, {w}>" for w in (1, v)] if vec else [f"{k}<{ctype}>"]
+            # every power-of-two width up to 16 bytes: the widest that divides the run is used
+            widths = [1 << i for i in range(v.bit_length())]
+            out += [f"{k}<{ctype}, {w}>" for w in widths] if vec else [f"{k}<{ctype}>"]
     return out
 
 
@@ -216,15 +218,20 @@ def _vector(v, acc):
 def _plan(x3, *others):
     """Layout, C++ type, vector width, grid, block and partials per channel for a pass over x3.
 
-    ``others`` are the other tensors the pass reads or writes (same shape): 16-byte vectors
-    need every pointer 16-byte aligned.
+    ``others`` are the other tensors the pass reads or writes (same shape): a vector of
+    ``vec`` values needs every pointer aligned to its size.
     """
     A, C, B = x3.shape
     _check_size(A, B)
-    aligned = all(a.data.ptr % 16 == 0 for a in (x3, *others))
-    layout, ctype, vec = _layout(C, B, x3.dtype, aligned)
+    align = min(_alignment(a.data.ptr) for a in (x3, *others))
+    layout, ctype, vec = _layout(C, B, x3.dtype, align)
     target = _resident_blocks("bn_stats", f"bn_stats_{layout}<{ctype}, {vec}>")
-    return _grid_plan(A, C, B, x3.dtype, aligned, target)
+    return _grid_plan(A, C, B, x3.dtype, align, target)
+
+
+def _alignment(ptr):
+    """The largest power of two <= 16 that divides the address ``ptr`` (16 for 0)."""
+    return min(16, ptr & -ptr) if ptr else 16
 
 
 def _check_size(A, B):
@@ -233,17 +240,25 @@ def _check_size(A, B):
 
 
 @functools.lru_cache(maxsize=1024)
-def _layout(C, B, dtype, aligned):
-    """("rows" or "cols", C++ type, vector width) of a pass over (A, C, B) values of dtype."""
+def _layout(C, B, dtype, align):
+    """("rows" or "cols", C++ type, vector width) of a pass over (A, C, B) values of dtype
+    whose pointers are all ``align``-byte aligned (True: 16, False: 1, as callers once said).
+
+    The width is the widest power of two, up to 16 bytes, that divides the run a vector must
+    not cross (B for rows, C * B for cols) and fits the alignment: B = 50 floats get 8-byte
+    vectors of 2 instead of none.
+    """
+    align = 16 if align is True else 1 if align is False else align
     ctype, vec = _ctype(dtype)
-    run = B if B >= ROWS_MIN_B else C * B           # what one 16-byte vector must not cross
-    if run % vec or not aligned:
-        vec = 1
+    run = B if B >= ROWS_MIN_B else C * B
+    itemsize = np.dtype(dtype).itemsize
+    while vec > 1 and (run % vec or vec * itemsize > align):
+        vec //= 2
     return ("rows" if B >= ROWS_MIN_B else "cols"), ctype, vec
 
 
 @functools.lru_cache(maxsize=1024)
-def _grid_plan(A, C, B, dtype, aligned, target):
+def _grid_plan(A, C, B, dtype, align, target):
     """See _plan. Splits the reduction dimension so that the grid is WAVES full waves of
     ``target`` resident blocks (the kernel's occupancy times the SMs) even when C is small,
     but never below ``MIN_ITEMS`` vectors (rows) per thread.
@@ -253,7 +268,7 @@ def _grid_plan(A, C, B, dtype, aligned, target):
     the first, where a little more work per block in one wave is shorter. (Reasoned, not
     measured on a GPU.) With C > target there is one block per channel, C / target waves.
     """
-    layout, ctype, vec = _layout(C, B, dtype, aligned)
+    layout, ctype, vec = _layout(C, B, dtype, align)
     blocks = WAVES * target
     if layout == "rows":
         per_channel = A * B // vec
@@ -304,14 +319,14 @@ class _Plan:
     #: (module, kernel) of the reduction pass (None: there is none) and of the elementwise pass
     PASSES = ((None, None), (None, None))
 
-    def __init__(self, shape, dtype, aligned):
+    def __init__(self, shape, dtype, align):
         A, C, B = shape
         _check_size(A, B)
         self.C, self.scratch = C, {}
         if C == 0:
             return
         acc = stat_dtype(dtype)
-        layout, ctype, vec = _layout(C, B, dtype, aligned)
+        layout, ctype, vec = _layout(C, B, dtype, align)
         targs = f"{ctype}, {vec}"
         # each pass's grid from its own kernel's occupancy (the elementwise passes use fewer
         # registers than the reductions, so more of their blocks may fit); the partials'
@@ -319,12 +334,12 @@ class _Plan:
         (mod1, k1), (mod2, k2) = self.PASSES
         self.pass2 = _kernel(mod2, f"{k2}_{layout}<{targs}>")
         _, _, _, self.grid2, block, P = _grid_plan(
-            A, C, B, dtype, aligned, _resident_blocks(mod2, f"{k2}_{layout}<{targs}>"))
+            A, C, B, dtype, align, _resident_blocks(mod2, f"{k2}_{layout}<{targs}>"))
         grid = self.grid2
         if k1 is not None:
             self.pass1 = _kernel(mod1, f"{k1}_{layout}<{targs}>")
             _, _, _, grid, block, P = _grid_plan(
-                A, C, B, dtype, aligned, _resident_blocks(mod1, f"{k1}_{layout}<{targs}>"))
+                A, C, B, dtype, align, _resident_blocks(mod1, f"{k1}_{layout}<{targs}>"))
         self.P, self.acc, self.scalar = P, acc, (np.float32 if acc == np.float32 else np.float64)
         self.grid, self.block, self.dims = grid, block, _dims(layout, A, C, B)
         self.CP, self.m = (np.int32(C), np.int32(P)), self.scalar(A * B)
@@ -386,24 +401,24 @@ class _InferencePlan(_Plan):
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
-def _forward_plan(shape, dtype, aligned, device):
-    return _ForwardPlan(shape, dtype, aligned)
+def _forward_plan(shape, dtype, align, device):
+    return _ForwardPlan(shape, dtype, align)
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
-def _backward_plan(shape, dtype, aligned, device):
-    return _BackwardPlan(shape, dtype, aligned)
+def _backward_plan(shape, dtype, align, device):
+    return _BackwardPlan(shape, dtype, align)
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
-def _inference_plan(shape, dtype, aligned, device):
-    return _InferencePlan(shape, dtype, aligned)
+def _inference_plan(shape, dtype, align, device):
+    return _InferencePlan(shape, dtype, align)
 
 
 def _where(x3):
-    """(16-byte aligned?, device id) of x3: the rest of a plan's key."""
+    """(alignment of its address in bytes, up to 16; device id) of x3: the rest of a plan's key."""
     d = x3.data
-    return d.ptr % 16 == 0, d.device_id
+    return _alignment(d.ptr), d.device_id
 
 
 def _contiguous(a, dtype=None):
@@ -554,8 +569,8 @@ def bn_backward(dy3, x3, mean, inv_std, gamma):
     with device_scope(x3, {"dy": dy3, "mean": mean, "inv_std": inv_std, "gamma": gamma}):
         x3 = _contiguous(x3)
         dy3 = _contiguous(dy3, x3.dtype)
-        aligned, dev = _where(x3)
-        p = _backward_plan(x3.shape, x3.dtype, aligned and dy3.data.ptr % 16 == 0, dev)
+        align, dev = _where(x3)
+        p = _backward_plan(x3.shape, x3.dtype, min(align, _alignment(dy3.data.ptr)), dev)
         if p.C == 0:
             return _no_channels(x3, 2)
         cp, acc = _cupy(), p.acc
