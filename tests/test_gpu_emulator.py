@@ -706,3 +706,19 @@ def test_rows_walk_steps_run_and_position_exactly(monkeypatch, shape, dtype, vec
     want = ((x64 - x64.mean(axis=(0, 2))[:, None]) / np.sqrt(x64.var(axis=(0, 2))[:, None] + 1e-5)
             * g[:, None] + b[:, None])
     np.testing.assert_allclose(y, want, rtol=rtol, atol=rtol * 10)
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+def test_per_thread_default_streams_get_scratch_per_thread(monkeypatch):
+    """cudaStreamPerThread is one handle (2) for what is a different stream in every thread:
+    its scratch is kept per thread, or two threads' launches would share partials."""
+    import threading
+    xp = use_emulator(monkeypatch)
+    monkeypatch.setattr(xp.cuda, "get_current_stream", lambda: types.SimpleNamespace(ptr=2))
+    x = xp.asarray(np.random.default_rng(4).standard_normal((6, 3, 40)))
+    cupy_bn.bn_stats(x)
+    worker = threading.Thread(target=cupy_bn.bn_stats, args=(x,))
+    worker.start()
+    worker.join()
+    plan = cupy_bn._forward_plan((6, 3, 40), np.dtype(np.float64), 16, 0)
+    assert sorted(k[1] == threading.get_ident() for k in plan.scratch) == [False, True]

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -307,6 +308,7 @@ def _scalar(v, acc):
 
 PLAN_CACHE_SIZE = 256
 STREAMS_PER_PLAN = 8         # scratch sets kept per plan (the oldest is dropped beyond that)
+PER_THREAD_STREAM = 2        # cudaStreamPerThread's handle (CuPy's Stream.ptds)
 
 
 class _Plan:
@@ -356,6 +358,8 @@ class _Plan:
         """This stream's scratch buffers (made on the first call on the stream)."""
         cp = _cupy()
         stream = cp.cuda.get_current_stream().ptr
+        if stream == PER_THREAD_STREAM:     # one handle, but a different stream in each thread
+            stream = (stream, threading.get_ident())
         buf = self.scratch.get(stream)
         if buf is None:
             if len(self.scratch) >= STREAMS_PER_PLAN:
