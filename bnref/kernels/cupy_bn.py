@@ -12,7 +12,8 @@ LayerNorm). ``README.md`` in ``cuda/`` explains the kernels; in short, BatchNorm
 
 Every tensor pass walks the data in one of two layouts: "rows" when B is large (NCHW: each
 channel is A runs of B contiguous values) and "cols" when B is small ((N, C), channels-last:
-consecutive values belong to consecutive channels), with 16-byte loads where aligned.
+consecutive values belong to consecutive channels), with vector loads of up to 16 bytes (the
+widest that the run length and the pointers' alignment allow).
 
 CuPy is imported on first use, never at import time. Kernels are compiled once per process
 (``cupy.RawModule``, also cached on disk by CuPy) for float16, bfloat16 (ml_dtypes), float32
@@ -20,10 +21,11 @@ and float64; statistics and parameter gradients are float32 for the 16-bit types
 input's dtype. No function here synchronises with the device: kernels are queued on the
 current stream, and the results are ready when that stream reaches them.
 
-Host cost: the BatchNorm entry points look up a cached plan per (shape, dtype, 16-byte
-alignment, device) holding the grid, kernel handles and dimension arguments, and scratch
-buffers per CUDA stream, so a call does little more than allocate its results and launch
-(see "BatchNorm: plans" below; benchmarks/bench_gpu_host.py measures it).
+Host cost: the BatchNorm entry points look up a cached plan per (shape, dtype, alignment,
+device) holding the grids (sized from each kernel's occupancy), kernel handles and dimension
+arguments, and scratch buffers (partials, last-block counters) per CUDA stream, so a call does
+little more than allocate its results and launch twice (see "BatchNorm: plans" below;
+benchmarks/bench_gpu_host.py measures it with the launches stubbed).
 
 Devices: every entry point runs on its x's GPU (:func:`device_scope`), whatever device is
 current, and refuses any other array argument that lives on another GPU (a ValueError naming
@@ -264,10 +266,11 @@ def _grid_plan(A, C, B, dtype, align, target):
     ``target`` resident blocks (the kernel's occupancy times the SMs) even when C is small,
     but never below ``MIN_ITEMS`` vectors (rows) per thread.
 
-    The split count is rounded *down*: C * ceil(target / C) blocks would be up to 1.33 waves
-    (C = 96 of 1056 resident blocks: 1152), a second wave that is mostly empty and as long as
-    the first, where a little more work per block in one wave is shorter. (Reasoned, not
-    measured on a GPU.) With C > target there is one block per channel, C / target waves.
+    The split count is rounded *down*: C * ceil(target / C) blocks overshoot one wave (C = 64
+    of 1056 resident blocks: 1088, 1.03 waves), and the second wave, nearly empty, takes as
+    long as the first. With equal blocks, one wave of floor(target / C) splits per channel
+    takes W / f for a channel's work W, the ceil grid 2 W / (f + 1): never less. (The wave
+    model's reasoning, not measured on a GPU.) With C > target there is one block per channel.
     """
     layout, ctype, vec = _layout(C, B, dtype, align)
     blocks = WAVES * target
