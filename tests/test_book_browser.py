@@ -199,12 +199,37 @@ LEGIBILITY_JS = """
     drawn: parseFloat(img.style.width || img.getAttribute('width') || '0'),
     hinted: !!img.closest('.bnref-scrolls'),
     box: (img.closest('div.cell_output, figure.bnref-slider') || art).clientWidth}));
+  // printed outputs: tables (lines with columns) keep them and scroll, the rest wrap on a phone
+  const outputs = [...art.querySelectorAll('div.cell_output pre')].map(pre => {
+    const hinted = pre.classList.contains('bnref-scrolls');
+    pre.classList.remove('bnref-scrolls');           // the text's own width, without the hint line
+    const overflows = pre.scrollWidth > pre.clientWidth + 1;
+    pre.classList.toggle('bnref-scrolls', hinted);
+    return {table: pre.classList.contains('bnref-table-output'), hinted, overflows,
+            text: pre.textContent.trim().slice(0, 60)};
+  });
   return {pageWidth: document.documentElement.scrollWidth, screen: window.innerWidth, column: col.width,
-          wide: wide.slice(0, 10), figures};
+          wide: wide.slice(0, 10), figures, outputs};
 }
 """
 MIN_BITMAP_RATIO = 1.5             # bitmap pixels per displayed CSS pixel: sharp on HiDPI
 MIN_SHOWN_RATIO = 0.95             # a figure shrunk below this makes its 10 pt labels smaller
+
+
+def test_printed_tables_keep_their_columns_on_a_phone(browser, server):
+    # chapter 6's landscape table: wrapping would put each row's numbers under the wrong heading
+    context = browser.new_context(viewport={"width": 390, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{server}/book/06_what_bn_does.html", wait_until="load")
+        page.wait_for_load_state("networkidle")
+        pre = page.locator("div.cell_output pre", has_text="beta-smoothness").first
+        assert "bnref-table-output" in pre.get_attribute("class")
+        assert pre.evaluate("p => getComputedStyle(p).whiteSpace") == "pre"
+        hint = pre.evaluate("p => getComputedStyle(p, '::after').content")
+        assert "Swipe sideways" in hint
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("width", [1280, 390])
@@ -221,6 +246,13 @@ def test_page_fits_its_screen_with_sharp_described_figures(browser, server, path
         m = page.evaluate(LEGIBILITY_JS)
         assert m["pageWidth"] <= m["screen"], f"{path} at {width} px is {m['pageWidth']} px wide"
         assert m["wide"] == [], f"{path} at {width} px: wider than the column: {m['wide']}"
+        for out in m["outputs"]:
+            if width < 600:                            # a phone: prose printouts wrap
+                assert out["table"] or not out["overflows"], (
+                    f"{path} at {width} px: a printout runs past its box instead of wrapping: {out['text']!r}")
+            assert out["hinted"] == out["overflows"], (
+                f"{path} at {width} px: a printout that {'scrolls' if out['overflows'] else 'fits'} "
+                f"{'lacks' if out['overflows'] else 'has'} the 'swipe sideways' hint: {out['text']!r}")
         for fig in m["figures"]:
             if fig["shown"] < 40:                      # icons and logos
                 continue
