@@ -5,7 +5,10 @@ checks, views, plans, scratch allocations, kernel look-ups and launches), not by
 This measures that part on any machine: CuPy is replaced by the CPU stand-in of
 ``tests/test_gpu_emulator.py`` whose kernels return at once, so a call costs exactly bnref's
 Python work plus the stand-in's NumPy array creation (which real CuPy pays as pool
-allocations). For scale it times, in the same run, a call of PyTorch's CPU
+allocations). Not counted: CuPy's own cost per launch (its RawKernel call, argument packing,
+cuLaunchKernel; microseconds each on a GPU, not measured here), so that each BatchNorm pass
+now launches twice instead of three times does not show in this table. For scale it times,
+in the same run, a call of PyTorch's CPU
 ``F.batch_norm`` on a tiny tensor (the framework overhead a PyTorch user already pays) and
 an empty Python function call.
 
