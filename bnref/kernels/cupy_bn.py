@@ -299,15 +299,16 @@ def _scalar(v, acc):
 #
 # On the GPU a small or medium BatchNorm call is bound by the host, not by the device: what
 # Python does per call (benchmarks/bench_gpu_host.py measures it with the launches stubbed).
-# Everything that depends only on (shape, dtype, 16-byte alignment, device) -- layout, grid,
-# block, kernel handles, the int32/int64 dimension arguments -- is therefore worked out once
-# and kept in a plan (an LRU cache of PLAN_CACHE_SIZE per kind). A call then looks up its plan,
-# allocates its results and launches.
+# Everything that depends only on (shape, dtype, alignment, device) -- layout, vector width,
+# grids, block, kernel handles, the int32/int64 dimension arguments -- is therefore worked
+# out once and kept in a plan (an LRU cache of PLAN_CACHE_SIZE per kind). A call then looks
+# up its plan, allocates its results and launches.
 #
-# Each plan also keeps its scratch buffers (partials, the per-channel params/coef arrays that
-# only the next launch reads), one set per CUDA stream: kernels on one stream run in order, so
-# the next call on that stream cannot overwrite them before the last one has read them, while
-# two streams must not share them. Results (y, mean, var, ...) are always new arrays.
+# Each plan also keeps its scratch buffers (partials, column totals, the last-block counters,
+# the per-channel params/coef arrays that only the next launch reads), one set per CUDA
+# stream: kernels on one stream run in order, so the next call on that stream cannot
+# overwrite them before the last one has read them, while two streams must not share them.
+# Results (y, mean, var, ...) are always new arrays.
 
 PLAN_CACHE_SIZE = 256
 STREAMS_PER_PLAN = 8         # scratch sets kept per plan (the oldest is dropped beyond that)
@@ -455,8 +456,8 @@ def _bn_statistics(x3, gamma, beta, eps, running=None):
 def _statistics(p, x3, gamma, beta, eps, running):
     empty, acc = _cupy().empty, p.acc
     part, colpart, params, counter = p.buffers()
-    # three allocations, not rows of one (3, C) array: the stand-in of bench_gpu_host.py makes
-    # a view as slowly as an allocation, and CuPy's indexing is not cheaper than its pool
+    # three allocations rather than three row views of one (3, C) array: the same cost on the
+    # stand-in of bench_gpu_host.py, fewer array objects made; on CuPy not measured
     mean, var, inv_std = empty(p.C, dtype=acc), empty(p.C, dtype=acc), empty(p.C, dtype=acc)
     if running is None:
         update = p.no_update + (mean, var, mean, var)              # (unused placeholders)
