@@ -735,3 +735,42 @@ def test_ch2_self_check_drill_sigmoid_compounding_and_saturation():
         assert x.grad.item() == pytest.approx(per_layer ** 4, rel=1e-12)
     assert slope(0.0) == max(slope(np.linspace(-8, 8, 16001)))
     _assert_stated(body, [0.25 ** 4, slope(2.0), slope(4.0), 0.25 / slope(4.0), (0.25 / slope(4.0)) ** 4])
+
+
+def test_ch2_self_check_drill_gaussian_share_in_the_tails(rng):
+    from math import erf, sqrt
+
+    body = _self_check_answer("02_internal_covariate_shift.md", "7. Drill")
+    share = lambda s: 2 * (1 - 0.5 * (1 + erf(4 / s / sqrt(2))))             # noqa: E731
+    for s in (1.5, 2.0):                                                    # the formula, sampled
+        z = rng.normal(0, s, 2_000_000)
+        assert np.mean(np.abs(z) > 4) == pytest.approx(share(s), rel=0.05)
+    assert 600 < share(2.0) / share(1.0) < 800                              # "about 700"
+    _assert_stated(body, [share(1.0), share(1.5), share(2.0)])
+
+
+def test_ch6_self_check_drill_yang_growth_per_layer():
+    from bnref.experiments.depth import YANG_RELU_BN_GROWTH
+
+    body = _self_check_answer("06_what_bn_does.md", "10. Drill")
+    g = np.sqrt(np.pi / (np.pi - 1))
+    assert YANG_RELU_BN_GROWTH == pytest.approx(g)
+    stated = _drill_numbers(body)
+    assert [float(v) for v in stated[:2]] == [round(g ** 2, 4), round(g, 4)]
+    _assert_stated(body, [g ** 2, g, g ** 20, g ** 50])                    # 20 and 50 layers
+
+
+def test_ch8_self_check_drill_conv_bn_parameters(rng):
+    body = _self_check_answer("08_convnets.md", "2. Drill")
+    C_in, C_out, k = 8, 16, 3
+    W = rng.normal(size=(C_out, C_in, k, k))
+    b, gamma, beta = rng.normal(size=C_out), rng.uniform(0.5, 2, C_out), rng.normal(size=C_out)
+    mean, var = rng.normal(size=C_out), rng.uniform(0.5, 2, C_out)
+    W_f, b_f = bnref.fold_conv2d(W, b, gamma, beta, mean, var)
+    assert W_f.shape == W.shape and b_f.shape == b.shape
+    # the conv bias is redundant before BN in training mode: any b gives the same output
+    z = rng.normal(size=(4, C_out, 5, 5))
+    shifted = z + rng.normal(size=C_out)[None, :, None, None]
+    np.testing.assert_allclose(bnref.batchnorm_forward(z, gamma, beta)[0],
+                               bnref.batchnorm_forward(shifted, gamma, beta)[0], atol=1e-10)
+    _assert_stated(body, [W.size, W.size + b.size + gamma.size + beta.size, W_f.size + b_f.size])

@@ -131,3 +131,11 @@ def test_no_two_references_cite_as_the_same_author_and_year():
                  "et al." if len(authors) > 2 else len(authors), entry.fields["year"])
         assert label not in seen, f"{key} and {seen[label]} both cite as {label}"
         seen[label] = key
+
+
+@pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "book").glob("*.md")))
+def test_book_sources_have_no_control_characters(source):
+    # e.g. "\b" in a Python string that wrote "\beta" into a page: MathJax fails on the backspace
+    text = (ROOT / "book" / source).read_text()
+    bad = sorted({f"U+{ord(c):04X}" for c in text if ord(c) < 32 and c not in "\n\t"})
+    assert not bad, f"{source} contains control characters {bad}"

@@ -99,3 +99,18 @@ def test_no_directive_is_left_as_raw_text(built, page):
     raw = (built / f"{page}.html").read_text()
     prose = re.sub(r"<pre[\s\S]*?</pre>|<code[\s\S]*?</code>", " ", raw)    # code may show MyST
     assert "```" not in prose and not re.search(r"\{(admonition|code-cell|figure|note|math)\}", prose), page
+
+
+def test_ch2_drill_compares_the_gaussian_tails_with_the_widget_s_last_frame(built):
+    # self-check 7: at the end of training the no-BN histogram has a standard deviation near 1.5
+    # and more than a Gaussian's 0.8% beyond |z| = 4; the frames' alt texts carry both numbers
+    import json
+    import re
+
+    raw = (built / "book" / "02_internal_covariate_shift.html").read_text()
+    alts = [a for m in re.finditer(r'<script type="application/json" class="bnref-frames">(.*?)</script>', raw, re.S)
+            for a in json.loads(m.group(1))["alts"] if a.startswith("Histograms of the third hidden layer")]
+    assert alts, "the histogram widget's frames are missing"
+    last = re.search(r"without BN mean [+-]\d\.\d+, standard deviation (\d\.\d+), (\d+)% beyond", alts[-1])
+    assert last, alts[-1]
+    assert 1.3 <= float(last.group(1)) <= 1.7 and int(last.group(2)) > 0.8, alts[-1]
