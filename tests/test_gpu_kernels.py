@@ -557,3 +557,46 @@ def test_channels_last_views_are_not_copied(monkeypatch, rng):
         else:
             assert ptrs[0] == x.ctypes.data, f"{name} read a copy of x"
     assert y.strides == dx.strides == x.strides
+
+
+# ---- reductions finished by their last block; the layer's running statistics ----------------
+
+@pytest.mark.parametrize("layout", ["rows", "cols", "cols, B = 3"])
+def test_reductions_finished_by_the_last_block_match_numpy_call_after_call(gpu, rng, layout):
+    """Statistics and gradient sums of channels split over many blocks (on a GPU: thousands,
+    running at once, so the last-block counters are raced for), three calls in a row on the
+    same cached scratch, against NumPy."""
+    big = gpu is CUPY
+    shape = {"rows": (256, 3, 4096) if big else (32, 2, 512),
+             "cols": (1 << 18, 64) if big else (1024, 24),
+             "cols, B = 3": (1 << 16, 40, 3) if big else (512, 40, 3)}[layout]
+    C = shape[1]
+    for _ in range(3):
+        x, dy = rng.standard_normal(shape) * 2 + 3, rng.standard_normal(shape)
+        g = rng.uniform(0.5, 1.5, C)
+        y, cache = bnref.batchnorm_forward(gpu.asarray(x), gpu.asarray(g), None)
+        y_ref, cache_ref = bnref.batchnorm_forward(x, g, None)
+        np.testing.assert_allclose(cache.mean.get(), cache_ref.mean, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(cache.var.get(), cache_ref.var, rtol=1e-11)
+        np.testing.assert_allclose(y.get(), y_ref, rtol=1e-10, atol=1e-11)
+        grads = bnref.batchnorm_backward(gpu.asarray(dy), cache)
+        for got, want, what in zip(grads, bnref.batchnorm_backward(dy, cache_ref), ("dx", "dgamma", "dbeta")):
+            np.testing.assert_allclose(got.get(), want, rtol=1e-9, atol=1e-9 * np.sqrt(x.size / C), err_msg=what)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum 0.1", "cumulative"])
+def test_layer_training_steps_on_the_gpu_keep_running_statistics_like_numpy(gpu, rng, momentum):
+    """The running statistics come from the statistics kernel on the GPU (float64 layer and
+    input: no host update); step after step they equal the NumPy layer's."""
+    C = 6
+    on_gpu, on_cpu = bnref.BatchNorm2d(C, momentum=momentum), bnref.BatchNorm2d(C, momentum=momentum)
+    on_gpu.gamma, on_gpu.beta = gpu.asarray(on_cpu.gamma), gpu.asarray(on_cpu.beta)
+    on_gpu.running_mean, on_gpu.running_var = gpu.asarray(on_cpu.running_mean), gpu.asarray(on_cpu.running_var)
+    for step in range(4):
+        x = rng.standard_normal((8, C, 5, 7)) * (step + 1) + step
+        y_gpu, y_cpu = on_gpu(gpu.asarray(x)), on_cpu(x)
+        np.testing.assert_allclose(y_gpu.get(), y_cpu, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(on_gpu.running_mean.get(), on_cpu.running_mean, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(on_gpu.running_var.get(), on_cpu.running_var, rtol=1e-12)
+    y_eval = on_gpu.eval()(gpu.asarray(x))
+    np.testing.assert_allclose(y_eval.get(), on_cpu.eval()(x), rtol=1e-10, atol=1e-12)
