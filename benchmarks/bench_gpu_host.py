@@ -19,7 +19,8 @@ loaded machine (other jobs on the same cores) wall time includes the time the sc
 to others, CPU time does not.
 
 Targets (issue 13): <= 25 us per forward and <= 20 us per backward on the 2-core course
-machine. Prints a Markdown table; writes benchmarks/results/gpu_host.md only with --write.
+machine. "layer train fwd" is a training-mode call of ``bnref.BatchNorm`` (forward and
+running-statistics update) with float32 statistics. Prints a Markdown table; writes benchmarks/results/gpu_host.md only with --write.
 """
 import argparse
 import datetime
@@ -99,9 +100,16 @@ def main():
         y, cache = bnref.batchnorm_forward(x, g, b, axis=axis)
         fwd = per_call_us(lambda: bnref.batchnorm_forward(x, g, b, axis=axis), args.rounds)
         bwd = per_call_us(lambda: bnref.batchnorm_backward(x, cache), args.rounds)
-        for name, (med, lo, hi) in (("fwd", fwd), ("bwd", bwd)):
+        # a training step of the layer: the forward plus the running statistics' update
+        # (float32 statistics, as x: on the GPU path the statistics kernel does the update)
+        layer = bnref.BatchNorm(C, axis=axis, dtype=np.float32)
+        layer.gamma, layer.beta = g, b
+        layer.running_mean = cp.asarray(np.zeros(C, np.float32))
+        layer.running_var = cp.asarray(np.ones(C, np.float32))
+        step = per_call_us(lambda: layer(x), args.rounds)
+        for name, (med, lo, hi) in (("fwd", fwd), ("bwd", bwd), ("layer train fwd", step)):
             rows.append(f"| {shape} | {layout} | {name} | {med:.1f} | {lo:.1f} | {hi:.1f} | {med / torch_us:.2f} |")
-        print(rows[-2], rows[-1], sep="\n", flush=True)
+        print(*rows[-3:], sep="\n", flush=True)
     meta = (f"Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}; {args.clock} clock; kernels stubbed, CuPy replaced by the emulator's NumPy stand-in; "
             f"medians (min, max) of 7 batches of {args.rounds} calls. Same run: PyTorch CPU "
