@@ -394,7 +394,8 @@ def test_wrappers_pass_arguments_of_the_exact_kernel_types(monkeypatch):
 @pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
 @pytest.mark.parametrize("shape", [(300, 4, 1), (6, 3, 50)], ids=str)
 def test_finalize_updates_running_statistics_like_pytorch(monkeypatch, shape):
-    """bn_finalize's optional update: new = (1 - momentum) * old + momentum * unbiased batch var."""
+    """The statistics kernel's optional update (its last block of each channel, in place):
+    new = (1 - momentum) * old + momentum * unbiased batch var."""
     xp = use_emulator(monkeypatch)
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape) * 3 + 1
