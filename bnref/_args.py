@@ -10,7 +10,7 @@ from math import prod
 
 from . import _validate as v
 from .backend import get_array_module, is_cupy_array
-from .kernels import stat_dtype
+from .kernels import cupy_bn, stat_dtype
 
 
 def check_devices(names, arrays):
@@ -32,10 +32,17 @@ def check_devices(names, arrays):
                          "with cupy.asarray)")
 
 
-def on_device(x):
-    """``with on_device(x):`` makes x's GPU the current one (a no-op for NumPy arrays), so that
-    kernels run and new arrays are made where x lives, whatever device is current."""
-    return x.device if is_cupy_array(x) else contextlib.nullcontext()
+_HOST = contextlib.nullcontext()     # reusable: entering and leaving it does nothing
+
+
+def on_device(x, others=None, x_name="x"):
+    """``with on_device(x):`` runs the block on x's GPU, so that the arrays it makes (views,
+    copies, parameters, results) and the kernels it launches are where x lives, whatever device
+    is current. CuPy arrays in ``others`` (name -> array) on another GPU are refused by name
+    (:func:`bnref.kernels.cupy_bn.device_scope`). Nothing is switched when x is a NumPy array
+    or its GPU is current already (the common case costs one device query: ``x.device``, a
+    ``cupy.cuda.Device``, would call ``cudaSetDevice`` on every exit)."""
+    return cupy_bn.device_scope(x, others, x_name) if is_cupy_array(x) else _HOST
 
 
 def prepare(x, gamma, beta, eps, axis, extra=(), extra_names=()):

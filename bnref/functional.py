@@ -6,7 +6,6 @@ stateful layer is :class:`bnref.BatchNorm`. Each function checks its arguments
 and calls the kernel set that :mod:`bnref.backend` chooses; the formulas themselves are in
 :mod:`bnref.reference`. LayerNorm and GroupNorm are in :mod:`bnref.norms`.
 """
-import contextlib
 from dataclasses import dataclass
 from math import prod
 from typing import Any, Optional
@@ -14,7 +13,7 @@ from typing import Any, Optional
 from . import _args
 from . import _validate as v
 from ._typing import Array
-from .backend import get_array_module, get_kernels, is_cupy_array
+from .backend import get_array_module, get_kernels
 from .kernels import cupy_bn, stat_dtype
 
 __all__ = [
@@ -22,16 +21,9 @@ __all__ = [
     "batch_statistics", "running_stats_update",
 ]
 
-_HOST = contextlib.nullcontext()
-
-
-def _on_device(x, others=None, x_name="x"):
-    """``with _on_device(x):`` runs the block on x's GPU, so that the arrays it makes (views,
-    copies, parameters, results) and the kernels it launches are where x lives, whatever device
-    is current. CuPy arrays in ``others`` (name -> array) on another GPU are refused by name
-    (:func:`bnref.kernels.cupy_bn.device_scope`). Nothing is switched when x is a NumPy array
-    or its GPU is current already (the common case costs one device query)."""
-    return cupy_bn.device_scope(x, others, x_name) if is_cupy_array(x) else _HOST
+#: ``with _on_device(x, others, x_name):`` runs the block on x's GPU, refusing arrays in
+#: ``others`` that live on another one; a no-op for NumPy arrays (:func:`bnref._args.on_device`).
+_on_device = _args.on_device
 
 
 def _channels_last(x, axis):

@@ -18,6 +18,14 @@ from .backend import get_array_module, get_kernels
 __all__ = ["LayerNormCache", "GroupNormCache", "layernorm_forward", "layernorm_backward",
            "groupnorm_forward", "groupnorm_backward"]
 
+def _saved(cache):
+    """``(x, others, "cache.x")`` for :func:`bnref._args.on_device` in a backward: what the
+    forward saved, so that a statistic or gamma moved to another GPU is refused by name
+    (anything not a cache is refused by ``backward_inputs``, inside the scope)."""
+    saved = {f"cache.{f}": getattr(cache, f, None) for f in ("mean", "inv_std", "gamma")}
+    return getattr(cache, "x", None), saved, "cache.x"      # (dy: checked in backward_inputs)
+
+
 @dataclass(frozen=True, eq=False)
 class LayerNormCache:
     """What :func:`layernorm_forward` saves: x, per-row statistics, gamma."""
@@ -47,6 +55,12 @@ def layernorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], e
     -------
     y : ndarray, shape of ``x``
     cache : LayerNormCache
+
+    Notes
+    -----
+    On the GPU (CuPy arrays) the work runs on x's device, whichever is current, and ``gamma``
+    or ``beta`` on another GPU is a ValueError naming it, as in :func:`bnref.batchnorm_forward`
+    (the backward likewise refuses ``dy`` or a cache whose arrays are on another GPU than x).
 
     Examples
     --------
@@ -89,10 +103,10 @@ def layernorm_backward(dy: Array, cache: LayerNormCache) -> tuple[Array, Array, 
     >>> np.allclose(dx, 0)   # a constant upstream gradient is absorbed by the mean
     True
     """
-    xp, x, dy = _args.backward_inputs(dy, cache, LayerNormCache, "layernorm_forward")
-    nshape = tuple(x.shape[x.ndim - cache.normalized_ndim:])
-    K = prod(nshape)
-    with _args.on_device(x):
+    with _args.on_device(*_saved(cache)):      # dy's conversion to x's dtype included
+        xp, x, dy = _args.backward_inputs(dy, cache, LayerNormCache, "layernorm_forward")
+        nshape = tuple(x.shape[x.ndim - cache.normalized_ndim:])
+        K = prod(nshape)
         dx2, dgamma, dbeta = get_kernels(xp).ln_backward(
             _args.as_rows(dy, K), _args.as_rows(x, K), cache.mean, cache.inv_std, _args.param(cache.gamma, K, 1, x, xp))
     return dx2.reshape(x.shape), dgamma.reshape(nshape), dbeta.reshape(nshape)   # (M, K), (K,) -> x's, gamma's
@@ -129,6 +143,12 @@ def groupnorm_forward(x: Array, gamma: Optional[Array], beta: Optional[Array], n
     y : ndarray, shape of ``x``
     cache : GroupNormCache
 
+    Notes
+    -----
+    On the GPU (CuPy arrays) the work runs on x's device, whichever is current, and ``gamma``
+    or ``beta`` on another GPU is a ValueError naming it, as in :func:`bnref.batchnorm_forward`
+    (the backward likewise refuses ``dy`` or a cache whose arrays are on another GPU than x).
+
     Examples
     --------
     >>> import numpy as np
@@ -164,9 +184,9 @@ def groupnorm_backward(dy: Array, cache: GroupNormCache) -> tuple[Array, Array, 
     >>> dbeta.tolist()
     [10.0, 10.0, 10.0, 10.0]
     """
-    xp, x, dy = _args.backward_inputs(dy, cache, GroupNormCache, "groupnorm_forward")
-    C = x.shape[1]
-    with _args.on_device(x):
+    with _args.on_device(*_saved(cache)):      # dy's conversion to x's dtype included
+        xp, x, dy = _args.backward_inputs(dy, cache, GroupNormCache, "groupnorm_forward")
+        C = x.shape[1]
         dx3, dgamma, dbeta = get_kernels(xp).gn_backward(
             _args.as_acb(dy, 1), _args.as_acb(x, 1), cache.mean, cache.inv_std,
             _args.param(cache.gamma, C, 1, x, xp), cache.num_groups)

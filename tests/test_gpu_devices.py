@@ -160,15 +160,7 @@ def test_every_entry_point_runs_on_x_device_while_another_is_current(fake, rng, 
     assert emu.FakeDevice.current == 0, "the caller's current device was not restored"
 
 
-# bnref/norms.py enters ``x.device`` itself (``_args.on_device``) around its kernel calls, always:
-# CuPy's Device then calls cudaSetDevice on exit although nothing changed. The fix is one line
-# per call there (``functional._on_device``), in files this change does not own.
-_NORMS_ALWAYS_ENTER = pytest.mark.xfail(
-    strict=True, reason="bnref/norms.py uses _args.on_device (x.device, entered even when current)")
-
-
-@pytest.mark.parametrize("entry", [pytest.param(e, marks=[_NORMS_ALWAYS_ENTER] if e in ("layernorm", "groupnorm")
-                                                else []) for e in sorted(ENTRY_POINTS)])
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
 def test_no_device_switch_when_x_is_on_the_current_device(fake, rng, entry):
     """The common case costs one device query: no context (cudaSetDevice on exit) at all."""
     out = ENTRY_POINTS[entry](*_inputs(fake.cp, rng, device=0))
@@ -206,11 +198,21 @@ def _refusals():
             bn.backward(dy) if mode == "eval-backward" else bn(x)
         return call
 
-    def ln_bwd_with(field):
+    def norm_bwd_with(kind, field):
         def call(x, dy, g, b, rm, rv, elsewhere):
-            _, cache = bnref.layernorm_forward(x, None, None, normalized_ndim=3)
-            bnref.layernorm_backward(dy, dataclasses.replace(cache, **{field: elsewhere(getattr(cache, field))}))
+            if kind == "layernorm":
+                _, cache = bnref.layernorm_forward(x, x[0] * 0 + 1, None, normalized_ndim=3)   # gamma (3, 5, 5) on x's GPU
+            else:
+                _, cache = bnref.groupnorm_forward(x, g, b, 3)
+            backward = getattr(bnref, f"{kind}_backward")
+            if field == "dy":
+                backward(elsewhere(dy), cache)
+            else:
+                backward(dy, dataclasses.replace(cache, **{field: elsewhere(getattr(cache, field))}))
         return call
+
+    norms = [(f"{kind} backward {field}", norm_bwd_with(kind, field), "dy" if field == "dy" else f"cache.{field}")
+             for kind in ("layernorm", "groupnorm") for field in ("dy", "mean", "inv_std", "gamma")]
 
     return [
         ("forward gamma", lambda x, dy, g, b, rm, rv, e: bnref.batchnorm_forward(x, e(g), b), "gamma"),
@@ -232,8 +234,11 @@ def _refusals():
         ("layer eval-backward gamma", layer("eval-backward", "gamma"), "gamma"),
         ("layernorm gamma", lambda x, dy, g, b, rm, rv, e: bnref.layernorm_forward(
             x, e(np.ones((3, 5, 5))), None, normalized_ndim=3), "gamma"),
-        ("layernorm backward mean", ln_bwd_with("mean"), "mean"),
+        ("layernorm beta", lambda x, dy, g, b, rm, rv, e: bnref.layernorm_forward(
+            x, None, e(np.zeros((3, 5, 5))), normalized_ndim=3), "beta"),
         ("groupnorm gamma", lambda x, dy, g, b, rm, rv, e: bnref.groupnorm_forward(x, e(g), b, 3), "gamma"),
+        ("groupnorm beta", lambda x, dy, g, b, rm, rv, e: bnref.groupnorm_forward(x, g, e(b), 3), "beta"),
+        *norms,
         ("kernel bn_backward inv_std", lambda x, dy, g, b, rm, rv, e: cupy_bn.bn_backward(
             dy.reshape(8, 3, 25), x.reshape(8, 3, 25), rm, e(rv), g), "inv_std"),
         ("kernel gn_forward beta", lambda x, dy, g, b, rm, rv, e: cupy_bn.gn_forward(
@@ -295,7 +300,7 @@ def test_real_gpus_every_entry_point_on_device_1_while_0_is_current(rng):
     cupy.cuda.Device(0).use()
     for entry in sorted(ENTRY_POINTS):
         got = ENTRY_POINTS[entry](*on1)
-        want = ENTRY_POINTS[entry](*host) if entry != "cupy kernels" else None
+        want = ENTRY_POINTS[entry](*host) if entry != "cupy_bn kernels" else None
         assert cupy.cuda.runtime.getDevice() == 0, entry
         for i, a in enumerate(got):
             assert a.device.id == 1, f"{entry}: result {i} on GPU {a.device.id}"
