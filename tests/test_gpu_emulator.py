@@ -697,6 +697,49 @@ def test_grids_are_one_wave_of_the_blocks_the_occupancy_query_says_fit(monkeypat
 
 
 @pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+def test_layernorm_parameter_grid_is_one_wave_of_its_kernel_occupancy(monkeypatch):
+    """LayerNorm's column sums (ln_param_grads) are split like BatchNorm's cols grids: one full
+    wave of the blocks the occupancy query says fit (asked once), rounded down; dgamma and
+    dbeta stay NumPy's."""
+    xp = use_emulator(monkeypatch)
+    asked, grids = [], []
+    real_kernel = cupy_bn._kernel
+
+    class Spy:
+        """The emulated kernel, its launch grids recorded."""
+
+        def __init__(self, k, expression):
+            self.k, self.expression, self.kernel = k, expression, k.kernel
+
+        def __call__(self, grid, block, args):
+            grids.append((self.expression, tuple(grid), tuple(block)))
+            return self.k(grid, block, args)
+
+    def occupancy(func, threads, shared):
+        asked.append(func)
+        return 5                          # 5 blocks of 256 threads per SM: 10 resident
+
+    monkeypatch.setattr(cupy_bn, "_kernel", lambda name, expression: Spy(real_kernel(name, expression), expression))
+    monkeypatch.setattr(xp.cuda.driver, "occupancyMaxActiveBlocksPerMultiprocessor", occupancy)
+    rng = np.random.default_rng(5)
+    M, K = 512, 70                        # 70 columns: blocks of (32, 8), 3 across
+    x, dy, gamma = rng.standard_normal((M, K)), rng.standard_normal((M, K)), rng.uniform(0.5, 1.5, K)
+    mean, var = x.mean(axis=1), x.var(axis=1)
+    inv_std = 1 / np.sqrt(var + 1e-5)
+    x_hat = (x - mean[:, None]) * inv_std[:, None]
+    for _ in range(2):
+        _, dgamma, dbeta = cupy_bn.ln_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(mean),
+                                               xp.asarray(inv_std), xp.asarray(gamma))
+        np.testing.assert_allclose(dgamma, (dy * x_hat).sum(axis=0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dbeta, dy.sum(axis=0), rtol=1e-10, atol=1e-12)
+    sums = [(grid, block) for expression, grid, block in grids if expression.startswith("ln_param_grads")]
+    # 10 resident blocks over 3 column blocks: 3 slices of the rows (9 blocks), not 4 (12, a
+    # second wave) and not the 6 an assumed 8 blocks per SM gave (16 resident)
+    assert sums == [((3, 3), (32, 8))] * 2
+    assert len(asked) == 1, "one occupancy query for the kernel, then cached"
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
 @pytest.mark.parametrize("shape,dtype,vec", [((40, 2, 300), np.float32, 4), ((40, 2, 301), np.float64, 1),
                                              ((401, 3, 16), np.float64, 2)],
                          ids=["75 vectors a run", "301 values a run (> a block)", "8 vectors a run"])

@@ -63,8 +63,7 @@ _ACC_CTYPE = {"float32": "float", "float64": "double"}
 
 ROWS_MIN_B = 16          # B >= this: "rows" layout; else "cols"
 THREADS = 256            # threads per block for the tensor passes
-BLOCKS_PER_SM = 8        # LayerNorm's column sums only: 8 x 256 = 2048 threads, a full H100 SM
-WAVES = 1                # BatchNorm grids: this many full waves of resident blocks (see _grid_plan)
+WAVES = 1                # split grids: this many full waves of resident blocks (see _grid_plan)
 MIN_ITEMS = 4            # at least this many vectors (rows) per thread before splitting more
 
 
@@ -172,12 +171,6 @@ def _sm_count(device_id):
     return _cupy().cuda.Device(device_id).attributes["MultiProcessorCount"]
 
 
-def _target_blocks():
-    """Blocks that fill the current GPU once, assuming BLOCKS_PER_SM per multiprocessor (for
-    LayerNorm; BatchNorm asks the occupancy calculator, :func:`_resident_blocks`)."""
-    return _sm_count(_cupy().cuda.runtime.getDevice()) * BLOCKS_PER_SM
-
-
 @functools.lru_cache(maxsize=None)
 def _blocks_per_sm(name, expression, threads, device_id):
     """How many blocks of ``threads`` threads of this kernel one multiprocessor of the device
@@ -278,12 +271,19 @@ def _grid_plan(A, C, B, dtype, align, target):
         per_channel = A * B // vec
         splits = max(1, min(blocks // C, -(-per_channel // (THREADS * MIN_ITEMS)), 65535))
         return "rows", ctype, vec, (C, splits), (THREADS,), splits
-    col_threads = -(-C * B // vec)
-    bx = min(32, 1 << (col_threads - 1).bit_length())   # a power of two <= 32
+    grid, block = _cols_grid(A, -(-C * B // vec), blocks)
+    return "cols", ctype, vec, grid, block, grid[1] * B
+
+
+def _cols_grid(A, columns, blocks):
+    """(grid, block) of a cols walk: ``columns`` threads across (one per column of vectors),
+    the A rows split over grid y into at most ``blocks // grid x`` slices (rounded down, see
+    _grid_plan), never below MIN_ITEMS rows per thread. Blocks are (bx, THREADS // bx)."""
+    bx = min(32, 1 << (columns - 1).bit_length())      # a power of two <= 32
     by = THREADS // bx
-    gx = -(-col_threads // bx)
+    gx = -(-columns // bx)
     splits = max(1, min(blocks // gx, -(-A // (by * MIN_ITEMS)), 65535))
-    return "cols", ctype, vec, (gx, splits), (bx, by), splits * B
+    return (gx, splits), (bx, by)
 
 
 def _dims(layout, A, C, B):
@@ -645,7 +645,8 @@ def ln_backward(dy2, x2, mean, inv_std, gamma):
     """LayerNorm backward. Returns ``(dx2, dgamma, dbeta)``; dgamma/dbeta shape (K,).
 
     dx: one pass per row. dgamma/dbeta: column sums over the rows, split over M like the
-    BatchNorm cols layout, then summed over the splits. Does not synchronise.
+    BatchNorm cols layout (one full wave of the kernel's resident blocks, from CUDA's occupancy
+    query), then summed over the splits. Does not synchronise.
     """
     with device_scope(x2, {"dy": dy2, "mean": mean, "inv_std": inv_std, "gamma": gamma}):
         cp = _cupy()
@@ -655,13 +656,12 @@ def ln_backward(dy2, x2, mean, inv_std, gamma):
         ctype, _ = _ctype(x2.dtype)
         acc = stat_dtype(x2.dtype)
         dx2 = _rownorm_dx(dy2, x2, mean, inv_std, gamma, 1, 1)
-        bx = min(32, 1 << (K - 1).bit_length())
-        by = THREADS // bx
-        gx = -(-K // bx)
-        splits = max(1, min(-(-_target_blocks() // gx), -(-M // (by * MIN_ITEMS)), 65535))
-        part = cp.empty((2, splits, K), dtype=acc)
-        _kernel("layernorm", f"ln_param_grads<{ctype}>")(
-            (gx, splits), (bx, by),
+        # sized like BatchNorm's cols grids: one full wave of this kernel's resident blocks
+        expression = f"ln_param_grads<{ctype}>"
+        grid, block = _cols_grid(M, K, WAVES * _resident_blocks("layernorm", expression))
+        part = cp.empty((2, grid[1], K), dtype=acc)
+        _kernel("layernorm", expression)(
+            grid, block,
             (dy2, x2, _vector(mean, acc), _vector(inv_std, acc), part, np.int64(M), np.int32(K)))
         dgamma, dbeta = part.sum(axis=1)                           # (2, K): over the splits
         return dx2, dgamma, dbeta
