@@ -739,6 +739,64 @@ def test_layernorm_parameter_grid_is_one_wave_of_its_kernel_occupancy(monkeypatc
     assert len(asked) == 1, "one occupancy query for the kernel, then cached"
 
 
+def _norm_calls(xp, kernels, rng, shape, kind):
+    """Forward and backward of LayerNorm (x2 = shape) or GroupNorm (x3 = shape, 2 groups)
+    through ``kernels``; the arrays it returns, as NumPy arrays."""
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    C = shape[1]
+    g, b = rng.uniform(0.5, 1.5, C), rng.standard_normal(C)
+    a = [xp.asarray(v) for v in (x, dy, g, b)] if xp is not None else [x, dy, g, b]
+    if kind == "ln":
+        y, mean, inv_std = kernels.ln_forward(a[0], a[2], a[3], 1e-5)
+        grads = kernels.ln_backward(a[1], a[0], mean, inv_std, a[2])
+    else:
+        y, mean, inv_std = kernels.gn_forward(a[0], a[2], a[3], 2, 1e-5)
+        grads = kernels.gn_backward(a[1], a[0], mean, inv_std, a[2], 2)
+    return [np.asarray(v) for v in (y, mean, inv_std, *grads)]
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+def test_layernorm_and_groupnorm_plans_are_made_once_per_shape(monkeypatch):
+    """Repeated calls of one shape share a plan (forward and backward too); GroupNorm's rows
+    of the same (M, K) as a LayerNorm's get their own (its sums kernel differs); the results
+    are the NumPy kernels' every time."""
+    from bnref.kernels import numpy_norms
+    xp = use_emulator(monkeypatch)
+    for _ in range(2):
+        for kind, shape in (("ln", (6, 8)), ("gn", (3, 4, 4))):          # both: 6 rows of 8
+            got = _norm_calls(xp, cupy_bn, np.random.default_rng(7), shape, kind)
+            want = _norm_calls(None, numpy_norms, np.random.default_rng(7), shape, kind)
+            for i, (a, w) in enumerate(zip(got, want)):
+                np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-12, err_msg=f"{kind} output {i}")
+    assert cupy_bn._rows_plan.cache_info().misses == 2
+    assert cupy_bn._rows_plan.cache_info().hits == 6
+
+
+@pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
+@pytest.mark.parametrize("kind,shape", [("ln", (0, 5)), ("gn", (0, 4, 3))])
+def test_layernorm_and_groupnorm_of_no_rows_launch_nothing(monkeypatch, kind, shape):
+    """An empty batch gives empty outputs and zero parameter gradients without a launch (a
+    grid of 0 blocks is an error on a GPU; the emulator would run it as nothing)."""
+    xp = use_emulator(monkeypatch)
+    launched = []
+    real_kernel = cupy_bn._kernel
+
+    class Recorded:
+        """The kernel's handle (for the occupancy query); a launch is recorded, not run."""
+
+        def __init__(self, name, expression):
+            self.kernel, self.expression = real_kernel(name, expression).kernel, expression
+
+        def __call__(self, grid, block, args):
+            launched.append((self.expression, grid))
+
+    monkeypatch.setattr(cupy_bn, "_kernel", Recorded)
+    y, mean, inv_std, dx, dgamma, dbeta = _norm_calls(xp, cupy_bn, np.random.default_rng(8), shape, kind)
+    assert launched == []
+    assert y.shape == dx.shape == shape and mean.size == inv_std.size == 0
+    assert dgamma.tolist() == dbeta.tolist() == [0.0] * shape[1]
+
+
 @pytest.mark.skipif(GXX is None, reason=str(NO_EMULATOR_REASON))
 @pytest.mark.parametrize("shape,dtype,vec", [((40, 2, 300), np.float32, 4), ((40, 2, 301), np.float64, 1),
                                              ((401, 3, 16), np.float64, 2)],

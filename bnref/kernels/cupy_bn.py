@@ -25,7 +25,9 @@ Host cost: the BatchNorm entry points look up a cached plan per (shape, dtype, a
 device) holding the grids (sized from each kernel's occupancy), kernel handles and dimension
 arguments, and scratch buffers (partials, last-block counters) per CUDA stream, so a call does
 little more than allocate its results and launch twice (see "BatchNorm: plans" below;
-benchmarks/bench_gpu_host.py measures it with the launches stubbed).
+benchmarks/bench_gpu_host.py measures it with the launches stubbed). LayerNorm and GroupNorm
+keep a plan per (kind, rows, dtype, device) too (:class:`_RowsPlan`: kernel handles, grids,
+dimension arguments; no scratch). Their host cost is not in that benchmark.
 
 Devices: every entry point runs on its x's GPU (:func:`device_scope`), whatever device is
 current, and refuses any other array argument that lives on another GPU (a ValueError naming
@@ -289,10 +291,6 @@ def _cols_grid(A, columns, blocks):
 def _dims(layout, A, C, B):
     """The (A, C, B) kernel arguments: int32 A for rows, int64 A for cols."""
     return (np.int32(A) if layout == "rows" else np.int64(A)), np.int32(C), np.int32(B)
-
-
-def _scalar(v, acc):
-    return np.float32(v) if acc == np.float32 else np.float64(v)
 
 
 # ---- BatchNorm: plans ----------------------------------------------------------------------------
@@ -600,35 +598,83 @@ def _row_block(K):
     return tpr, max(1, THREADS // tpr)
 
 
-def _rownorm_forward(rows, gamma, beta, eps, G, L):
+class _RowsPlan:
+    """One LayerNorm or GroupNorm shape on one device: kernel handles, grids, blocks and
+    dimension arguments of its row passes and parameter sums, worked out once (like BatchNorm's
+    plans, without scratch: the partial sums are allocated per call, and x needs no alignment,
+    the row kernels reading one value at a time).
+
+    ``rows`` is (M, K): LayerNorm's x2 with G = L = 1, or GroupNorm's (N * G, C / G * L) groups.
+    """
+
+    __slots__ = ("acc", "scalar", "launch", "row_grid", "row_block", "row_dims", "forward",
+                 "dx", "sums", "sums_grid", "sums_block", "sums_dims", "S")
+
+    def __init__(self, kind, M, K, G, L, dtype):
+        ctype, _ = _ctype(dtype)
+        self.acc = acc = stat_dtype(dtype)
+        self.scalar = np.float32 if acc == np.float32 else np.float64
+        self.launch = M > 0                 # no rows: nothing to launch (a grid of 0 is an error)
+        tpr, rpb = _row_block(K)
+        self.row_grid, self.row_block = (-(-M // rpb),), (tpr, rpb)
+        self.row_dims = (np.int64(M), np.int32(K), np.int32(G), np.int32(L))
+        self.forward = _kernel("layernorm", f"rownorm_forward<{ctype}>")
+        self.dx = _kernel("layernorm", f"rownorm_backward_dx<{ctype}>")
+        if kind == "ln":
+            # column sums over the M rows, sized like BatchNorm's cols grids: one full wave
+            # of this kernel's own resident blocks (the occupancy query), rounded down
+            expression = f"ln_param_grads<{ctype}>"
+            self.sums = _kernel("layernorm", expression)
+            grid, self.sums_block = _cols_grid(M, K, WAVES * _resident_blocks("layernorm", expression))
+            self.sums_grid, self.S = grid, grid[1]
+            self.sums_dims = (np.int64(M), np.int32(K))
+        else:
+            # one warp per (n, c) run of L values, 8 per block
+            N, C = M // G, K // L * G
+            self.sums = _kernel("groupnorm", f"gn_channel_sums<{ctype}>")
+            self.sums_grid, self.sums_block, self.S = (-(-(N * C) // 8),), (32, 8), N
+            self.sums_dims = (np.int32(N), np.int32(C), np.int32(G), np.int32(L))
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _rows_plan(kind, M, K, G, L, dtype, device):
+    return _RowsPlan(kind, M, K, G, L, dtype)
+
+
+def _rownorm_forward(p, rows, gamma, beta, eps):
     """Normalise each row of ``rows`` (M, K); value k of row r uses gamma[(r % G) * (K // L) + k // L]."""
-    cp = _cupy()
-    M, K = rows.shape
-    ctype, _ = _ctype(rows.dtype)
-    acc = stat_dtype(rows.dtype)
+    cp, acc = _cupy(), p.acc
     y = cp.empty_like(rows)
-    mean, inv_std = cp.empty(M, dtype=acc), cp.empty(M, dtype=acc)
-    tpr, rpb = _row_block(K)
-    _kernel("layernorm", f"rownorm_forward<{ctype}>")(
-        (-(-M // rpb),), (tpr, rpb),
-        (rows, _vector(gamma, acc), _vector(beta, acc), y, mean, inv_std, np.int64(M),
-         np.int32(K), np.int32(G), np.int32(L), _scalar(eps, acc)))
+    mean, inv_std = cp.empty(rows.shape[0], dtype=acc), cp.empty(rows.shape[0], dtype=acc)
+    if p.launch:
+        p.forward(p.row_grid, p.row_block,
+                  (rows, _vector(gamma, acc), _vector(beta, acc), y, mean, inv_std) + p.row_dims
+                  + (p.scalar(eps),))
     return y, mean, inv_std
 
 
-def _rownorm_dx(dy, rows, mean, inv_std, gamma, G, L):
-    cp = _cupy()
-    M, K = rows.shape
-    ctype, _ = _ctype(rows.dtype)
-    acc = stat_dtype(rows.dtype)
-    dx = cp.empty_like(rows)
-    tpr, rpb = _row_block(K)
-    _kernel("layernorm", f"rownorm_backward_dx<{ctype}>")(
-        (-(-M // rpb),), (tpr, rpb),
-        (dy, rows, _vector(gamma, acc), _vector(mean.reshape(-1), acc),
-         _vector(inv_std.reshape(-1), acc), dx, np.int64(M), np.int32(K), np.int32(G),
-         np.int32(L)))
+def _rownorm_dx(p, dy, rows, mean, inv_std, gamma):
+    acc = p.acc
+    dx = _cupy().empty_like(rows)
+    if p.launch:
+        p.dx(p.row_grid, p.row_block,
+             (dy, rows, _vector(gamma, acc), _vector(mean.reshape(-1), acc),
+              _vector(inv_std.reshape(-1), acc), dx) + p.row_dims)
     return dx
+
+
+def _param_sums(p, dy, x, mean, inv_std, width):
+    """dgamma, dbeta (width,) from the plan's sums kernel: partials (2, S, width), then their
+    sum over S (the splits of M for LayerNorm, the N examples for GroupNorm)."""
+    acc = p.acc
+    cp = _cupy()
+    part = (cp.empty if p.launch else cp.zeros)((2, p.S, width), dtype=acc)   # no rows: sums of 0
+    if p.launch:
+        p.sums(p.sums_grid, p.sums_block,
+               (dy, x, _vector(mean.reshape(-1), acc), _vector(inv_std.reshape(-1), acc), part)
+               + p.sums_dims)
+    dgamma, dbeta = part.sum(axis=1)                               # (2, width): over S
+    return dgamma, dbeta
 
 
 def ln_forward(x2, gamma, beta, eps):
@@ -637,8 +683,10 @@ def ln_forward(x2, gamma, beta, eps):
     One block row per row of x2 (Welford, then normalise). Does not synchronise.
     """
     with device_scope(x2, {"gamma": gamma, "beta": beta}):
-        x2 = _cupy().ascontiguousarray(x2)
-        return _rownorm_forward(x2, gamma, beta, eps, 1, 1)
+        x2 = _contiguous(x2)
+        M, K = x2.shape
+        p = _rows_plan("ln", M, K, 1, 1, x2.dtype, x2.data.device_id)
+        return _rownorm_forward(p, x2, gamma, beta, eps)
 
 
 def ln_backward(dy2, x2, mean, inv_std, gamma):
@@ -649,22 +697,12 @@ def ln_backward(dy2, x2, mean, inv_std, gamma):
     query), then summed over the splits. Does not synchronise.
     """
     with device_scope(x2, {"dy": dy2, "mean": mean, "inv_std": inv_std, "gamma": gamma}):
-        cp = _cupy()
-        x2 = cp.ascontiguousarray(x2)
-        dy2 = cp.ascontiguousarray(dy2, dtype=x2.dtype)
+        x2 = _contiguous(x2)
+        dy2 = _contiguous(dy2, x2.dtype)
         M, K = x2.shape
-        ctype, _ = _ctype(x2.dtype)
-        acc = stat_dtype(x2.dtype)
-        dx2 = _rownorm_dx(dy2, x2, mean, inv_std, gamma, 1, 1)
-        # sized like BatchNorm's cols grids: one full wave of this kernel's resident blocks
-        expression = f"ln_param_grads<{ctype}>"
-        grid, block = _cols_grid(M, K, WAVES * _resident_blocks("layernorm", expression))
-        part = cp.empty((2, grid[1], K), dtype=acc)
-        _kernel("layernorm", expression)(
-            grid, block,
-            (dy2, x2, _vector(mean, acc), _vector(inv_std, acc), part, np.int64(M), np.int32(K)))
-        dgamma, dbeta = part.sum(axis=1)                           # (2, K): over the splits
-        return dx2, dgamma, dbeta
+        p = _rows_plan("ln", M, K, 1, 1, x2.dtype, x2.data.device_id)
+        dx2 = _rownorm_dx(p, dy2, x2, mean, inv_std, gamma)
+        return (dx2, *_param_sums(p, dy2, x2, mean, inv_std, K))
 
 
 def gn_forward(x3, gamma, beta, num_groups, eps):
@@ -674,11 +712,12 @@ def gn_forward(x3, gamma, beta, num_groups, eps):
     the LayerNorm row kernel with a per-channel affine map. Does not synchronise.
     """
     with device_scope(x3, {"gamma": gamma, "beta": beta}):
-        x3 = _cupy().ascontiguousarray(x3)
+        x3 = _contiguous(x3)
         N, C, L = x3.shape
         G = int(num_groups)
         rows = x3.reshape(N * G, (C // G) * L)                      # (N*G, C/G*L)
-        y, mean, inv_std = _rownorm_forward(rows, gamma, beta, eps, G, L)
+        p = _rows_plan("gn", N * G, (C // G) * L, G, L, x3.dtype, x3.data.device_id)
+        y, mean, inv_std = _rownorm_forward(p, rows, gamma, beta, eps)
         return y.reshape(N, C, L), mean.reshape(N, G), inv_std.reshape(N, G)
 
 
@@ -689,29 +728,21 @@ def gn_backward(dy3, x3, mean, inv_std, gamma, num_groups):
     values, then a sum over N. Does not synchronise.
     """
     with device_scope(x3, {"dy": dy3, "mean": mean, "inv_std": inv_std, "gamma": gamma}):
-        cp = _cupy()
-        x3 = cp.ascontiguousarray(x3)
-        dy3 = cp.ascontiguousarray(dy3, dtype=x3.dtype)
+        x3 = _contiguous(x3)
+        dy3 = _contiguous(dy3, x3.dtype)
         N, C, L = x3.shape
         G = int(num_groups)
-        ctype, _ = _ctype(x3.dtype)
-        acc = stat_dtype(x3.dtype)
-        rows, dy_rows = x3.reshape(N * G, -1), dy3.reshape(N * G, -1)    # (N*G, C/G*L)
-        dx = _rownorm_dx(dy_rows, rows, mean, inv_std, gamma, G, L).reshape(N, C, L)
-        part = cp.empty((2, N, C), dtype=acc)
-        rpb = 8
-        _kernel("groupnorm", f"gn_channel_sums<{ctype}>")(
-            (-(-(N * C) // rpb),), (32, rpb),
-            (dy3, x3, _vector(mean.reshape(-1), acc), _vector(inv_std.reshape(-1), acc), part,
-             np.int32(N), np.int32(C), np.int32(G), np.int32(L)))
-        dgamma, dbeta = part.sum(axis=1)                           # (2, C): over N
-        return dx, dgamma, dbeta
+        K = (C // G) * L
+        p = _rows_plan("gn", N * G, K, G, L, x3.dtype, x3.data.device_id)
+        rows, dy_rows = x3.reshape(N * G, K), dy3.reshape(N * G, K)       # (N*G, C/G*L); N may be 0
+        dx = _rownorm_dx(p, dy_rows, rows, mean, inv_std, gamma).reshape(N, C, L)
+        return (dx, *_param_sums(p, dy3, x3, mean, inv_std, C))
 
 
 #: The per-process caches (compiled modules, kernel handles, device properties, plans with
 #: their scratch): tests that swap CuPy or the kernels for stand-ins give each a fresh one.
 CACHES = ("_module", "_kernel", "_sm_count", "_blocks_per_sm", "_forward_plan", "_backward_plan",
-          "_inference_plan")
+          "_inference_plan", "_rows_plan")
 
 
 def clear_cache():
