@@ -145,7 +145,8 @@ def gn_forward(x3, gamma, beta, num_groups, eps):
     Returns ``(y3, mean, inv_std)`` with statistics of shape (N, G).
     """
     N, C, L = x3.shape
-    rows = x3.astype(gamma.dtype, copy=False).reshape(N * num_groups, -1)   # (N*G, C/G*L): a row per group
+    # explicit row length, not -1: an empty batch (N = 0) has no size to infer it from
+    rows = x3.astype(gamma.dtype, copy=False).reshape(N * num_groups, C // num_groups * L)  # (N*G, C/G*L): a row per group
     x_hat, mean, inv_std = _normalise_rows(rows, eps)
     x_hat = x_hat.reshape(N, C, L)                              # back to channels, for gamma and beta
     y = gamma[:, None] * x_hat + beta[:, None]                  # (N, C, L)
@@ -155,11 +156,12 @@ def gn_forward(x3, gamma, beta, num_groups, eps):
 def gn_backward(dy3, x3, mean, inv_std, gamma, num_groups):
     """GroupNorm backward. Returns ``(dx3, dgamma, dbeta)``; dgamma and dbeta have shape (C,)."""
     N, C, L = x3.shape
-    rows = x3.astype(gamma.dtype, copy=False).reshape(N * num_groups, -1)   # (N*G, C/G*L)
+    row = C // num_groups * L                                   # explicit: N may be 0
+    rows = x3.astype(gamma.dtype, copy=False).reshape(N * num_groups, row)  # (N*G, C/G*L)
     x_hat = (rows - mean.reshape(-1, 1)) * inv_std.reshape(-1, 1)           # (N*G, C/G*L)
     dy = dy3.astype(gamma.dtype, copy=False)                    # (N, C, L)
     dgamma = (dy * x_hat.reshape(N, C, L)).sum(axis=(0, 2))     # (C,): over N and L
     dbeta = dy.sum(axis=(0, 2))                                 # (C,)
-    dx_hat = (dy * gamma[:, None]).reshape(N * num_groups, -1)  # (N*G, C/G*L)
+    dx_hat = (dy * gamma[:, None]).reshape(N * num_groups, row)  # (N*G, C/G*L)
     dx = _rows_backward(dx_hat, x_hat, inv_std.reshape(-1))     # (N*G, C/G*L)
     return dx.reshape(N, C, L).astype(x3.dtype, copy=False), dgamma, dbeta

@@ -84,3 +84,24 @@ def test_each_cpu_set_returns_what_the_interface_says_and_leaves_its_inputs_alon
         assert all(not np.shares_memory(r, v) for v in before), f"result {i} of {fn} is a view of an input"
     for k, v in before.items():
         assert np.array_equal(a[k], v), f"{name}.{fn} modified its input {k}"
+
+
+@pytest.mark.parametrize("norm", ["layer", "group"])
+@pytest.mark.parametrize("name", CPU_SETS)
+def test_each_cpu_set_gives_empty_results_for_an_empty_batch(name, norm):
+    # as PyTorch does for N = 0: no error, outputs of shape (0, ...), zero parameter gradients
+    import bnref
+
+    _load(name)
+    kind = {"bnref.reference": "reference", "bnref.kernels.numpy_bn": "numpy", "bnref.kernels.numba_bn": "numba"}[name]
+    x = np.zeros((0, 8, 3, 3))
+    gamma, beta = np.ones(8), np.zeros(8)
+    with bnref.use_cpu_kernels(kind):
+        if norm == "group":
+            y, cache = bnref.groupnorm_forward(x, gamma, beta, num_groups=4)
+            dx, dgamma, dbeta = bnref.groupnorm_backward(np.zeros_like(x), cache)
+        else:
+            y, cache = bnref.layernorm_forward(x, np.ones((8, 3, 3)), np.zeros((8, 3, 3)), normalized_ndim=3)
+            dx, dgamma, dbeta = bnref.layernorm_backward(np.zeros_like(x), cache)
+    assert y.shape == dx.shape == x.shape
+    assert not dgamma.any() and not dbeta.any()

@@ -54,10 +54,11 @@ def gn_backward(dy3, x3, mean, inv_std, gamma, num_groups):
     """GroupNorm backward. Returns ``(dx3, dgamma, dbeta)``; dgamma/dbeta shape (C,)."""
     N, C, L = x3.shape
     G = num_groups
-    rows = x3.reshape(N * G, -1)                                # (N*G, C/G*L)
+    row = C // G * L                                            # explicit, not -1: N may be 0
+    rows = x3.reshape(N * G, row)                               # (N*G, C/G*L)
     x_hat = ((rows - mean.reshape(-1, 1)) * inv_std.reshape(-1, 1)).reshape(N, C, L)
     dgamma = np.einsum("ncl,ncl->c", dy3, x_hat)                # (C,): over N and L
     dbeta = dy3.sum(axis=(0, 2))                                # (C,)
-    dx_hat = (dy3 * gamma[:, None]).reshape(N * G, -1)           # (N*G, C/G*L)
-    dx = _normalised_backward(dx_hat, x_hat.reshape(N * G, -1), inv_std.reshape(-1))
+    dx_hat = (dy3 * gamma[:, None]).reshape(N * G, row)          # (N*G, C/G*L)
+    dx = _normalised_backward(dx_hat, x_hat.reshape(N * G, row), inv_std.reshape(-1))
     return dx.reshape(N, C, L), dgamma, dbeta
