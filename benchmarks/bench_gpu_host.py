@@ -2,7 +2,8 @@
 
 On the GPU the small and medium shapes are bound by what the host does per call (argument
 checks, views, plans, scratch allocations, kernel look-ups and launches), not by the device.
-This measures that part on any machine: CuPy is replaced by the CPU stand-in of
+This measures that part on any machine, for BatchNorm (forward, backward and the layer's
+training call in three layouts) and for LayerNorm and GroupNorm (forward, backward): CuPy is replaced by the CPU stand-in of
 ``tests/test_gpu_emulator.py`` whose kernels return at once, so a call costs exactly bnref's
 Python work plus the stand-in's NumPy array creation (which real CuPy pays as pool
 allocations). Not counted: CuPy's own cost per launch (its RawKernel call, argument packing,
@@ -58,6 +59,21 @@ def stubbed_cupy():
     return cp
 
 
+
+
+def _params(cp, shape):
+    return cp.asarray(np.ones(shape, np.float32)), cp.asarray(np.zeros(shape, np.float32))
+
+
+# (layout label, shape, forward(bnref, cp, x) -> a call returning (y, cache), backward)
+NORMS = [
+    ("LayerNorm", (64, 128),
+     lambda bn, cp, x: (lambda g, b: lambda: bn.layernorm_forward(x, g, b))(*_params(cp, x.shape[1:])),
+     lambda bn, x, cache: bn.layernorm_backward(x, cache)),
+    ("GroupNorm G=8", (32, 64, 56, 56),
+     lambda bn, cp, x: (lambda g, b: lambda: bn.groupnorm_forward(x, g, b, num_groups=8))(*_params(cp, x.shape[1])),
+     lambda bn, x, cache: bn.groupnorm_backward(x, cache)),
+]
 CLOCK = time.perf_counter
 
 
@@ -110,6 +126,16 @@ def main():
         for name, (med, lo, hi) in (("fwd", fwd), ("bwd", bwd), ("layer train fwd", step)):
             rows.append(f"| {shape} | {layout} | {name} | {med:.1f} | {lo:.1f} | {hi:.1f} | {med / torch_us:.2f} |")
         print(*rows[-3:], sep="\n", flush=True)
+    # LayerNorm over the features of (N, D) rows and GroupNorm of an (N, C, H, W) activation
+    for name, shape, fwd_fn, bwd_fn in NORMS:
+        x = cp.asarray(np.zeros(shape, np.float32))
+        forward = fwd_fn(bnref, cp, x)
+        _, cache = forward()
+        timed = (("fwd", per_call_us(forward, args.rounds)),
+                 ("bwd", per_call_us(lambda: bwd_fn(bnref, x, cache), args.rounds)))
+        for pass_, (med, lo, hi) in timed:
+            rows.append(f"| {shape} | {name} | {pass_} | {med:.1f} | {lo:.1f} | {hi:.1f} | {med / torch_us:.2f} |")
+        print(*rows[-2:], sep="\n", flush=True)
     meta = (f"Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}; {args.clock} clock; kernels stubbed, CuPy replaced by the emulator's NumPy stand-in; "
             f"medians (min, max) of 7 batches of {args.rounds} calls. Same run: PyTorch CPU "
