@@ -6,6 +6,8 @@ on NumPy or CuPy (``xp``). Hooks for the experiments: ``preacts`` (what enters t
 activation), ``normed`` (after the norm and any injected noise), ``grad_preacts``, and a
 ``noise`` function for Santurkar et al.'s "noisy BN".
 """
+import contextlib
+
 import numpy as np
 
 from .norms import groupnorm_backward, groupnorm_forward, layernorm_backward, layernorm_forward
@@ -230,6 +232,28 @@ class MLP:
         L = self.n_hidden
         return a @ p[f"W{L}"].T + p[f"b{L}"]                    # (N, n_classes)
 
+    @contextlib.contextmanager
+    def frozen_running_stats(self):
+        """``with net.frozen_running_stats():`` training-mode passes in the block normalise with
+        their batch statistics but leave every BN layer's running statistics as they were (for
+        measurements that must not disturb the model).
+
+        Examples
+        --------
+        >>> net = MLP([4, 8, 3], norm="batch", seed=0)
+        >>> X = np.random.default_rng(0).normal(size=(16, 4))
+        >>> with net.frozen_running_stats():
+        ...     _ = net.forward(X, training=True)
+        >>> float(net.bn[0].running_mean.max()), int(net.bn[0].num_batches_tracked)
+        (0.0, 0)
+        """
+        saved = [(bn.running_mean, bn.running_var, bn.num_batches_tracked) for bn in self.bn]
+        try:
+            yield self
+        finally:
+            for bn, (rm, rv, nb) in zip(self.bn, saved):
+                bn.running_mean, bn.running_var, bn.num_batches_tracked = rm, rv, nb
+
     def loss_and_grads(self, X, y, update_running_stats=True):
         """Mean softmax cross-entropy on ``(X, y)`` in training mode, and its gradients.
 
@@ -239,13 +263,10 @@ class MLP:
         measurements that must not disturb the model).
         """
         xp, p = self.xp, self.params
-        saved = [(bn.running_mean, bn.running_var, bn.num_batches_tracked) for bn in self.bn]
         was_training = self.training
         self.train(True)
-        logits = self.forward(X)
-        if not update_running_stats:
-            for bn, (rm, rv, nb) in zip(self.bn, saved):
-                bn.running_mean, bn.running_var, bn.num_batches_tracked = rm, rv, nb
+        with self.frozen_running_stats() if not update_running_stats else contextlib.nullcontext():
+            logits = self.forward(X)
         N = X.shape[0]
         shifted = logits - logits.max(axis=1, keepdims=True)    # (N, K): avoids overflow in exp
         logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))

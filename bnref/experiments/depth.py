@@ -14,6 +14,8 @@
 - :func:`trained_accuracy` and :func:`accuracy_grid`: the test accuracy after a fixed number of
   steps, with and without BN, against depth, training-set size and learning rate.
 """
+import itertools
+
 import numpy as np
 
 from ..mlp import MLP, train
@@ -270,11 +272,9 @@ def _record_moments(net, X, record):
     what enters BN, or the activation without BN), ``x_hat`` (BN's normalised ``z``, before
     ``gamma`` and ``beta``; BN nets only) and ``normed`` (what enters the activation).
     """
-    saved = [(bn.running_mean, bn.running_var, bn.num_batches_tracked) for bn in net.bn]
     was_training = net.training
-    net.forward(X, training=True)
-    for bn, (rm, rv, nb) in zip(net.bn, saved):
-        bn.running_mean, bn.running_var, bn.num_batches_tracked = rm, rv, nb
+    with net.frozen_running_stats():
+        net.forward(X, training=True)
     net.train(was_training)
     sites = {"preact": net.preacts, "normed": net.normed}
     if net.norm == "batch":
@@ -446,8 +446,9 @@ def accuracy_grid(data, depths=(3,), n_trains=(None,), lrs=(0.1,), seeds=(0,),
                       ("seeds", seeds), ("norms", norms)):
         if isinstance(seq, (str, bytes)) or not hasattr(seq, "__len__") or len(seq) == 0:
             raise ValueError(f"{name} must be a non-empty sequence, got {seq!r}")
-    acc = np.array([[[[[trained_accuracy(data, d, norm=norm, lr=lr, n_train=n, seed=s, **kwargs)
-                        for s in seeds] for lr in lrs] for n in n_trains] for d in depths]
-                    for norm in norms])                       # (norms, depths, n_trains, lrs, seeds)
+    axes = (norms, depths, n_trains, lrs, seeds)
+    acc = np.array([trained_accuracy(data, d, norm=norm, lr=lr, n_train=n, seed=s, **kwargs)
+                    for norm, d, n, lr, s in itertools.product(*axes)])
+    acc = acc.reshape([len(a) for a in axes])                 # (norms, depths, n_trains, lrs, seeds)
     return dict(acc=acc, norms=tuple(norms), depths=tuple(depths), n_trains=tuple(n_trains),
                 lrs=tuple(lrs), seeds=tuple(seeds))

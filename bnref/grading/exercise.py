@@ -342,9 +342,14 @@ def _failure(f, calls, where):
                   f"and tuples ({where}).")
 
 
+def _error_text(err):
+    """``(kind, message)`` of an exception the learner's process reported, cut to length."""
+    return str(err.get("type", "Exception"))[:100], str(err.get("message", ""))[:2000]
+
+
 def _error_explained(exercise, t, err):
     """The message of the first error diagnosis that explains ``err`` on trial ``t``, or ""."""
-    kind, msg = str(err.get("type", "Exception"))[:100], str(err.get("message", ""))[:2000]
+    kind, msg = _error_text(err)
     for d in exercise.error_diagnoses:
         with np.errstate(all="ignore"):
             try:
@@ -356,8 +361,7 @@ def _error_explained(exercise, t, err):
 
 
 def _raised(fn, err, where, likely=""):
-    kind = str(err.get("type", "Exception"))[:100]
-    msg = str(err.get("message", ""))[:2000]
+    kind, msg = _error_text(err)
     if kind == "NotImplementedError":
         return f"{fn} is not implemented yet: replace `raise NotImplementedError()` with your code."
     if kind == "NameError" and f"'{fn}'" in msg:

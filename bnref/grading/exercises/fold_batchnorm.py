@@ -76,7 +76,7 @@ def rows_broadcast_error(t, kind, message):
     # compares the text, so another broadcast mistake (e.g. scale[:2]) is not named this way.
     if kind != "ValueError":
         return False
-    W = _parts(t)[0]
+    W = t["W"]
     column = np.ones((W.shape[1], 1))                        # scale[:, None]: (H, 1)
     try:
         W * column
