@@ -611,55 +611,37 @@ def check_running_update():
     return {"ok": e <= 1e-5, "max_err": f"{e:.2e}"}
 
 
-def _ln_case(shape, dtype_name):
+def _norm_case(kind, shape, dtype_name, groups=None):
+    """LayerNorm (parameters on the last axis) or GroupNorm (``groups`` groups, parameters on
+    axis 1): bnref on the GPU against bnref's CPU kernels in float64 on the same values."""
     def run():
         import bnref
         cp = _cp()
         dt = _dtype(dtype_name)
         if dt is None:
             return {"ok": True, "skipped": True, "detail": "ml_dtypes missing"}
-        x = _rand(cp, shape, dt, 81, 0.5, 2.0)
-        dy = _rand(cp, shape, dt, 82)
-        K = shape[-1]
-        stat = np.float32 if dt.itemsize < 4 else dt
-        g, b = _params(cp, K, stat, 8)
-        y, c = bnref.layernorm_forward(x, g, b)
-        dx, dg, db = bnref.layernorm_backward(dy, c)
+        ln = kind == "layernorm"
+        forward = bnref.layernorm_forward if ln else bnref.groupnorm_forward
+        backward = bnref.layernorm_backward if ln else bnref.groupnorm_backward
+        extra = () if ln else (groups,)
+        seed = 81 if ln else 91
+        x = _rand(cp, shape, dt, seed, *((0.5, 2.0) if ln else (-0.3, 1.5)))
+        dy = _rand(cp, shape, dt, seed + 1)
+        axis = len(shape) - 1 if ln else 1              # the parameters' axis
+        g, b = _params(cp, shape[axis], bnref.kernels.stat_dtype(dt), 8 if ln else 9)
+        y, c = forward(x, g, b, *extra)
+        dx, dg, db = backward(dy, c)
         cp.cuda.Device().synchronize()
         x64, dy64, g64, b64 = (_host64(cp, a) for a in (x, dy, g, b))
-        y_r, c_r = bnref.layernorm_forward(x64, g64, b64)
-        dx_r, dg_r, db_r = bnref.layernorm_backward(dy64, c_r)
-        inv = np.asarray(c_r.inv_std).reshape(-1, 1)
-        xh = (x64.reshape(-1, K) - np.asarray(c_r.mean).reshape(-1, 1)) * inv
-        errs = {"y": _rel(_host64(cp, y), y_r),
-                "dx": _rel(_host64(cp, dx), dx_r, np.max(np.abs(g64)) * inv.max() * np.max(np.abs(dy64))),
-                "dgamma": _rel(_host64(cp, dg), dg_r, np.abs(dy64.reshape(-1, K) * xh).sum(axis=0).max()),
-                "dbeta": _rel(_host64(cp, db), db_r, np.abs(dy64).reshape(-1, K).sum(axis=0).max())}
-        w = max(errs.values())
-        return {"ok": w <= TOL[dtype_name], "max_err": f"{w:.2e}", "errs": errs}
-    return run
-
-
-def _gn_case(shape, G, dtype_name):
-    def run():
-        import bnref
-        cp = _cp()
-        dt = _dtype(dtype_name)
-        x = _rand(cp, shape, dt, 91, -0.3, 1.5)
-        dy = _rand(cp, shape, dt, 92)
-        C = shape[1]
-        stat = np.float32 if dt.itemsize < 4 else dt
-        g, b = _params(cp, C, stat, 9)
-        y, c = bnref.groupnorm_forward(x, g, b, G)
-        dx, dg, db = bnref.groupnorm_backward(dy, c)
-        cp.cuda.Device().synchronize()
-        x64, dy64, g64, b64 = (_host64(cp, a) for a in (x, dy, g, b))
-        y_r, c_r = bnref.groupnorm_forward(x64, g64, b64, G)
-        dx_r, dg_r, db_r = bnref.groupnorm_backward(dy64, c_r)
-        N = shape[0]
-        inv = np.asarray(c_r.inv_std)
-        xh = ((x64.reshape(N, G, -1) - np.asarray(c_r.mean)[..., None]) * inv[..., None]).reshape(shape)
-        red = (0,) + tuple(range(2, len(shape)))
+        y_r, c_r = forward(x64, g64, b64, *extra)
+        dx_r, dg_r, db_r = backward(dy64, c_r)
+        inv, mean = np.asarray(c_r.inv_std), np.asarray(c_r.mean)
+        # normalised rows: (rows, K) for LayerNorm, (N, G, C / G * spatial) for GroupNorm;
+        # x_hat back in x's shape
+        rows = x64.reshape(-1, shape[-1]) if ln else x64.reshape(shape[0], groups, -1)
+        per_row = rows.shape[:-1] + (1,)
+        xh = ((rows - mean.reshape(per_row)) * inv.reshape(per_row)).reshape(shape)
+        red = tuple(i for i in range(len(shape)) if i != axis)   # every axis but the parameters'
         errs = {"y": _rel(_host64(cp, y), y_r),
                 "dx": _rel(_host64(cp, dx), dx_r, np.max(np.abs(g64)) * inv.max() * np.max(np.abs(dy64))),
                 "dgamma": _rel(_host64(cp, dg), dg_r, np.abs(dy64 * xh).sum(axis=red).max()),
@@ -727,11 +709,11 @@ def run_checks():
     _record("bn mean 1000 std 1 float32 (8,3,4096)", _bn_case((8, 3, 4096), "float32", 1, 1000.0, 1.0))
     _record("inference (32,64,56,56) float16", _inference_case((32, 64, 56, 56), 1, "float16"))
     _record("inference (32,56,56,64) float32 NHWC", _inference_case((32, 56, 56, 64), -1, "float32"))
-    _record("layernorm (4096,1024) float16", _ln_case((4096, 1024), "float16"))
-    _record("layernorm (512,4096) float32", _ln_case((512, 4096), "float32"))
-    _record("layernorm (64,1000) bfloat16", _ln_case((64, 1000), "bfloat16"))
-    _record("groupnorm (8,256,28,28) G=32 float32", _gn_case((8, 256, 28, 28), 32, "float32"))
-    _record("groupnorm (8,64,14,14) G=8 float16", _gn_case((8, 64, 14, 14), 8, "float16"))
+    _record("layernorm (4096,1024) float16", _norm_case("layernorm", (4096, 1024), "float16"))
+    _record("layernorm (512,4096) float32", _norm_case("layernorm", (512, 4096), "float32"))
+    _record("layernorm (64,1000) bfloat16", _norm_case("layernorm", (64, 1000), "bfloat16"))
+    _record("groupnorm (8,256,28,28) G=32 float32", _norm_case("groupnorm", (8, 256, 28, 28), "float32", 32))
+    _record("groupnorm (8,64,14,14) G=8 float16", _norm_case("groupnorm", (8, 64, 14, 14), "float16", 8))
     _record("NaN in one channel stays in that channel", check_nan)
     _record("finalize's running-stats update", check_running_update)
     _record("per-channel count >= 2**31 refused", check_count_limit)
