@@ -413,6 +413,7 @@ class Case:
     """One shape, layout and dtype: the rotated inputs for bnref, PyTorch and the copy."""
 
     def __init__(self, cp, torch, shape, channels_last, dtype_name, l2_bytes, factor):
+        import bnref
         self.cp, self.torch = cp, torch
         self.shape, self.channels_last, self.dtype_name = shape, channels_last, dtype_name
         self.dtype = _np_dtype(dtype_name)
@@ -444,7 +445,7 @@ class Case:
                 buf[1:] = buf[0]
             self.raw[name] = buf
         del x_host, dy_host
-        self.stat = np.dtype(np.float32) if self.dtype.itemsize < 4 else self.dtype
+        self.stat = bnref.kernels.stat_dtype(self.dtype)
         self.gamma = cp.asarray(self.gamma64.astype(self.stat))
         self.beta = cp.asarray(self.beta64.astype(self.stat))
         self.x = [self._cupy_view("x", i) for i in range(self.copies)]

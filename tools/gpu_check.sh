@@ -380,9 +380,9 @@ def _bn_case(shape, dtype_name, axis=1, loc=0.5, scale=2.0, seed=0):
         except Exception as exc:  # bfloat16 unsupported by this CuPy
             return {"ok": True, "skipped": True, "detail": f"cannot make {dtype_name}: {exc}"}
         dy = _rand(cp, shape, dt, seed + 1)
-        stat = np.float32 if dt.itemsize < 4 else dt
+        from bnref.kernels import stat_dtype
         C = shape[axis]
-        g, b = _params(cp, C, stat, seed)
+        g, b = _params(cp, C, stat_dtype(dt), seed)
         ax = axis % len(shape)
         x3 = x.reshape(int(np.prod(shape[:ax])), C, int(np.prod(shape[ax + 1:])))
         plan = _plan_info(x3)
@@ -658,7 +658,7 @@ def _inference_case(shape, axis, dtype_name):
         dt = _dtype(dtype_name)
         x = _rand(cp, shape, dt, 101, 0.5, 2.0)
         C = shape[axis]
-        stat = np.float32 if dt.itemsize < 4 else dt
+        stat = bnref.kernels.stat_dtype(dt)
         g, b = _params(cp, C, stat, 10)
         rng = np.random.default_rng(11)
         rm = cp.asarray(rng.standard_normal(C).astype(stat))
@@ -996,7 +996,7 @@ def run_micro():
             C = shape[axis]
             x = _rand(cp, shape, dt, 1, 0.5, 2.0)
             dy = _rand(cp, shape, dt, 2)
-            g, b = _params(cp, C, np.float32 if dt.itemsize < 4 else dt, 3)
+            g, b = _params(cp, C, bnref.kernels.stat_dtype(dt), 3)
             nb = x.nbytes
             r["bytes_x"] = nb
             fwd = lambda: bnref.batchnorm_forward(x, g, b, EPS, axis=axis)       # noqa: E731
