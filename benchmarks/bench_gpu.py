@@ -299,8 +299,10 @@ def rotating(fns):
     return lambda: next(it)()
 
 
-def graph_time_cupy(cp, tl_cls, fns, calls, repeat, flush):
-    """CuPy stream capture of ``calls`` rotated calls; per-call ms of ``repeat`` cold replays."""
+def graph_time_cupy(cp, tl_cls, fns, calls, repeat, flush, replays=1):
+    """CuPy stream capture of ``calls`` rotated calls; per-call ms of ``repeat`` cold replays.
+
+    Each timing is ``replays`` launches of the graph back to back after one ``flush()``."""
     s = cp.cuda.Stream(non_blocking=True)
     tl = tl_cls(cp, s)
     fn = rotating(fns)
@@ -322,15 +324,18 @@ def graph_time_cupy(cp, tl_cls, fns, calls, repeat, flush):
             flush()
             a, b = tl.event(), tl.event()
             tl.record(a)
-            graph.launch(s)
+            for _ in range(replays):
+                graph.launch(s)
             tl.record(b)
-            times.append(tl.elapsed_ms(a, b) / calls)
+            times.append(tl.elapsed_ms(a, b) / (calls * replays))
     del graph
     return times
 
 
-def graph_time_torch(torch, tl, fns, calls, repeat, flush):
-    """torch.cuda.graph capture of ``calls`` rotated calls; per-call ms of ``repeat`` replays."""
+def graph_time_torch(torch, tl, fns, calls, repeat, flush, replays=1):
+    """torch.cuda.graph capture of ``calls`` rotated calls; per-call ms of ``repeat`` replays.
+
+    Each timing is ``replays`` replays of the graph back to back after one ``flush()``."""
     fn = rotating(fns)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -350,9 +355,10 @@ def graph_time_torch(torch, tl, fns, calls, repeat, flush):
         flush()
         a, b = tl.event(), tl.event()
         tl.record(a)
-        graph.replay()
+        for _ in range(replays):
+            graph.replay()
         tl.record(b)
-        times.append(tl.elapsed_ms(a, b) / calls)
+        times.append(tl.elapsed_ms(a, b) / (calls * replays))
     del graph
     return times
 

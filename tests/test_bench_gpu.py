@@ -250,6 +250,82 @@ def test_the_spin_outlasts_the_host_queuing_a_batch():
     assert bench.spin_for(0.0001, 20) == 0.5                    # never below 0.5 ms
 
 
+
+class FakeCapture:
+    """A CuPy stand-in whose stream captures calls into a graph; a launch adds their device time."""
+
+    def __init__(self, log, device_ms=0.5):
+        self.log, self.device_ms, self.now, self.captured = log, device_ms, 0.0, None
+        fake = self
+
+        class Stream:
+            def __init__(self, non_blocking=False):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def synchronize(self):
+                pass
+
+            def begin_capture(self):
+                fake.captured = 0
+
+            def end_capture(self):
+                n, fake.captured = fake.captured, None
+                return types.SimpleNamespace(launch=lambda s: fake.launch(n))
+
+        self.cuda = types.SimpleNamespace(Stream=Stream, Device=lambda: types.SimpleNamespace(
+            synchronize=lambda: None))
+
+    def fn(self):
+        if self.captured is None:
+            self.now += self.device_ms
+        else:
+            self.captured += 1
+
+    def launch(self, n):
+        self.log.append("launch")
+        self.now += n * self.device_ms
+
+
+class CaptureTimeline(FakeTimeline):
+    """Events stamp the FakeCapture clock."""
+
+    def __init__(self, cp, stream=None):
+        super().__init__(cp.log)
+        self.cp = cp
+
+    def record(self, e):
+        self.stamps[e] = self.cp.now
+
+
+def test_graph_time_is_the_replays_between_one_event_pair_divided_by_every_call():
+    log = []
+    cp = FakeCapture(log, device_ms=0.25)
+    times = bench.graph_time_cupy(cp, CaptureTimeline, [cp.fn], calls=4, repeat=2,
+                                  flush=lambda: log.append("flush"), replays=3)
+    assert times == [0.25, 0.25]                                 # elapsed / (4 calls x 3 replays)
+    assert log == ["launch"] + (["flush"] + ["launch"] * 3) * 2  # one untimed replay first
+
+
+def test_gpu_checks_graph_time_is_bench_gpus_in_microseconds(monkeypatch):
+    monkeypatch.chdir(ROOT)                                      # gpu_check.sh runs from the root
+    monkeypatch.setattr(sys, "path", list(sys.path))             # _bench_gpu adds benchmarks/
+    mod = _gpu_extra()
+    try:
+        bench_gpu = mod._bench_gpu()
+        assert Path(bench_gpu.__file__).resolve() == BENCH
+        monkeypatch.setattr(bench_gpu, "CupyTimeline", CaptureTimeline)
+        cp = FakeCapture([], device_ms=0.25)
+        assert mod._graph_time(cp, cp.fn, n=10, k=5) == pytest.approx(250.0)   # us per call
+    finally:
+        sys.modules.pop("bench_gpu", None)
+
+
 # ---- what runs ------------------------------------------------------------------------------------
 
 def test_every_dtype_shape_and_layout_runs_by_default_channels_last_for_4d_only():

@@ -788,29 +788,21 @@ class Timer:
         return (t1 - t0) / n * 1e6
 
 
+def _bench_gpu():
+    """benchmarks/bench_gpu.py, for its CUDA-graph timing (run from the repository root)."""
+    where = os.path.join(os.getcwd(), "benchmarks")
+    if where not in sys.path:
+        sys.path.insert(0, where)
+    import bench_gpu
+    return bench_gpu
+
+
 def _graph_time(cp, fn, n=20, k=5):
-    """Device time of one fn() call: capture k calls in a CUDA graph, time n replays (no host gaps)."""
-    s = cp.cuda.Stream(non_blocking=True)
-    cp.cuda.Device().synchronize()
-    with s:
-        for _ in range(2 * k):
-            fn()                                  # the pool now holds blocks for this stream
-        s.synchronize()
-        s.begin_capture()
-        try:
-            for _ in range(k):
-                fn()
-        finally:
-            g = s.end_capture()
-        g.launch(s)
-        s.synchronize()
-        a, b = cp.cuda.Event(), cp.cuda.Event()
-        a.record(s)
-        for _ in range(n):
-            g.launch(s)
-        b.record(s)
-        b.synchronize()
-    return cp.cuda.get_elapsed_time(a, b) * 1e3 / (n * k)
+    """Device time (us) of one fn() call: k calls captured in a CUDA graph, n replays timed
+    back to back between one event pair (no host gaps), by bench_gpu.py's capture."""
+    bench = _bench_gpu()
+    (ms,) = bench.graph_time_cupy(cp, bench.CupyTimeline, [fn], k, 1, lambda: None, replays=n)
+    return ms * 1e3
 
 
 def _kernel_trace(torch, calls, reps=5):
@@ -1045,27 +1037,14 @@ def run_micro():
                          "host_us": ttimer.host_us(fn)}
                     r[f"torch_{pas}"] = p
                 # device time of PyTorch's forward: CUDA graph of F.batch_norm under no_grad
+                def tf_graph():
+                    with torch.no_grad():
+                        F.batch_norm(xt.detach(), None, None, wt.detach(), bt.detach(), training=True, eps=EPS)
                 try:
-                    xg = xt.detach()
-                    sg = torch.cuda.Stream()
-                    sg.wait_stream(torch.cuda.current_stream())
-                    with torch.no_grad(), torch.cuda.stream(sg):
-                        for _ in range(3):
-                            F.batch_norm(xg, None, None, wt.detach(), bt.detach(), training=True, eps=EPS)
-                    torch.cuda.current_stream().wait_stream(sg)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.no_grad(), torch.cuda.graph(graph):
-                        yg = F.batch_norm(xg, None, None, wt.detach(), bt.detach(), training=True, eps=EPS)
-                    graph.replay()
-                    torch.cuda.synchronize()
-                    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    e0.record()
-                    for _ in range(50):
-                        graph.replay()
-                    e1.record()
-                    e1.synchronize()
-                    r["torch_fwd"]["graph_us"] = e0.elapsed_time(e1) * 1e3 / 50
-                    del yg, graph                                           # noqa: F821
+                    bench = _bench_gpu()
+                    (ms,) = bench.graph_time_torch(torch, bench.CupyTimeline(cp), [tf_graph], 1, 1,
+                                                   lambda: None, replays=50)
+                    r["torch_fwd"]["graph_us"] = ms * 1e3
                 except Exception as exc:                                          # noqa: BLE001
                     r["torch_fwd"]["graph_err"] = f"{type(exc).__name__}: {exc}"[:200]
                 try:
