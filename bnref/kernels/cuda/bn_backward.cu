@@ -113,24 +113,15 @@ __global__ void bn_grad_cols(const T* __restrict__ dy, const T* __restrict__ x,
       colpart[col + k] = s[k];
       colpart[W + col + k] = s[VEC + k];
     }
-  __threadfence();  // the column totals reach device scope before their channels are counted
-  __syncthreads();
-  const long long Wb = static_cast<long long>(blockDim.x) * VEC;  // columns per column block
-  const long long lo = blockIdx.x * Wb, hi = (W < lo + Wb ? W : lo + Wb) - 1;
-  unsigned* per_channel = counter + gridDim.x;
-  const int t = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
-  for (long long c = lo / B + t; c <= hi / B; c += threads) {
-    const unsigned blocks = static_cast<unsigned>((c * B + B - 1) / Wb - (c * B) / Wb + 1);
-    if (atomicAdd(per_channel + c, 1u) != blocks - 1) continue;  // its other block finishes it
-    per_channel[c] = 0u;
-    __threadfence();
+  // counters after the column blocks': one per channel
+  for_each_channel_done<VEC>(counter + gridDim.x, W, B, [&](long long c) {
     Acc sum_dy = 0, sum_dy_xmu = 0;
     for (int b = 0; b < B; ++b) {
       sum_dy += load_other(colpart + c * B + b);
       sum_dy_xmu += load_other(colpart + W + c * B + b);
     }
     bn_finish_grad(static_cast<int>(c), C, sum_dy, sum_dy_xmu, mean, BN_GRAD_OUT_ARGS);
-  }
+  });
 }
 
 template <class T, int VEC>

@@ -130,17 +130,8 @@ __global__ void bn_stats_cols(const T* __restrict__ x, acc_t<T>* part, acc_t<T>*
       colpart[W + col + k] = mu[k];
       colpart[2 * W + col + k] = m2[k];
     }
-  __threadfence();  // the column totals reach device scope before their channels are counted
-  __syncthreads();
-  const long long Wb = static_cast<long long>(blockDim.x) * VEC;  // columns per column block
-  const long long lo = blockIdx.x * Wb, hi = (W < lo + Wb ? W : lo + Wb) - 1;
-  unsigned* per_channel = counter + gridDim.x;
-  const int t = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
-  for (long long c = lo / B + t; c <= hi / B; c += threads) {
-    const unsigned blocks = static_cast<unsigned>((c * B + B - 1) / Wb - (c * B) / Wb + 1);
-    if (atomicAdd(per_channel + c, 1u) != blocks - 1) continue;  // its other block finishes it
-    per_channel[c] = 0u;  // both have counted: reset for the next launch
-    __threadfence();
+  // counters after the column blocks': one per channel
+  for_each_channel_done<VEC>(counter + gridDim.x, W, B, [&](long long c) {
     Welford<Acc> wc;
     for (int b = 0; b < B; ++b) {
       const long long j = c * B + b;
@@ -148,5 +139,5 @@ __global__ void bn_stats_cols(const T* __restrict__ x, acc_t<T>* part, acc_t<T>*
                load_other(colpart + 2 * W + j));
     }
     bn_finish_stats(static_cast<int>(c), C, wc, BN_STATS_OUT_ARGS);
-  }
+  });
 }

@@ -304,6 +304,30 @@ __device__ __forceinline__ bool last_block_done(unsigned* counter, unsigned bloc
   return last;
 }
 
+// The second level of a cols-layout "last block done" reduction. A channel's B < 16 columns lie
+// in one or two column blocks, each finished by its own last block (last_block_done above).
+// Every thread of such a last block calls this after the block has written its column totals:
+// the block counts itself in on each channel whose columns it holds (one thread per channel,
+// on that channel's counter in per_channel, zero between launches), and f(c) runs for each
+// channel whose other column block, if any, has counted already, so that all of c's column
+// totals are written. Those counters are reset here too, for the next launch.
+template <int VEC, class F>
+__device__ __forceinline__ void for_each_channel_done(unsigned* per_channel, long long W, int B,
+                                                      F&& f) {
+  __threadfence();  // the column totals reach device scope before their channels are counted
+  __syncthreads();
+  const long long Wb = static_cast<long long>(blockDim.x) * VEC;  // columns per column block
+  const long long lo = blockIdx.x * Wb, hi = (W < lo + Wb ? W : lo + Wb) - 1;
+  const int t = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
+  for (long long c = lo / B + t; c <= hi / B; c += threads) {
+    const unsigned blocks = static_cast<unsigned>((c * B + B - 1) / Wb - (c * B) / Wb + 1);
+    if (atomicAdd(per_channel + c, 1u) != blocks - 1) continue;  // its other block finishes it
+    per_channel[c] = 0u;  // both have counted: reset for the next launch
+    __threadfence();      // order the column totals' reads after the count
+    f(c);
+  }
+}
+
 // Partials written by other blocks of this launch: read through volatile so that no stale
 // cached copy can be used (L1 is not coherent across multiprocessors).
 template <class A> __device__ __forceinline__ A load_other(const A* p) {
