@@ -50,6 +50,8 @@ export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-$WORK/cupy_cache}   # shared by every st
 
 say() { echo "$*" | tee -a "$LOG"; }
 remaining() { echo $(( BUDGET - (SECONDS - START) )); }
+# skip_line NAME STATUS WHY: a skipped stage, in the log and the summary table
+skip_line() { say "== [$1] SKIPPED: $3"; printf '%-11s %-12s %5s\n' "$1" "$2" "-" >> "$SUMMARY"; }
 
 # stage NAME MAX_SECONDS MIN_SECONDS command...   (runs the command under its own timeout)
 stage() {
@@ -58,8 +60,7 @@ stage() {
   local rem t t0 rc dt status
   rem=$(remaining)
   if (( rem < min )); then
-    say "== [$name] SKIPPED: ${rem}s of the budget left, needs ${min}s"
-    printf '%-11s %-12s %5s\n' "$name" "SKIP(budget)" "-" >> "$SUMMARY"
+    skip_line "$name" "SKIP(budget)" "${rem}s of the budget left, needs ${min}s"
     return 0
   fi
   t=$max
@@ -1245,18 +1246,13 @@ printf '%-11s %-12s %6s\n' stage status time > "$SUMMARY"
 SKIP_LIST=" ${GPU_CHECK_SKIP:-} "
 # asked NAME: true when GPU_CHECK_SKIP names the stage
 asked() { [[ "$SKIP_LIST" == *" $1 "* ]]; }
-skip_line() { say "== [$1] SKIPPED: $3"; printf '%-11s %-12s %5s\n' "$1" "$2" "-" >> "$SUMMARY"; }
 # run NAME ... : a stage that needs no GPU;  gpu NAME ... : one that does
 run() { if asked "$1"; then skip_line "$1" "SKIP(asked)" "named in GPU_CHECK_SKIP"; else stage "$@"; fi; }
 gpu() {
-  if asked "$1"; then skip_line "$1" "SKIP(asked)" "named in GPU_CHECK_SKIP"
-  elif (( HAVE_GPU == 0 )); then skip_line "$1" "SKIP(no-GPU)" "no GPU seen"
-  else stage "$@"; fi
+  if (( HAVE_GPU == 0 )) && ! asked "$1"; then skip_line "$1" "SKIP(no-GPU)" "no GPU seen"
+  else run "$@"; fi
 }
-if [ -z "$PY" ]; then
-  say "gpu_check: no Python found; nothing can run"
-  HAVE_GPU=0
-fi
+[ -z "$PY" ] && say "gpu_check: no Python found; nothing can run"
 
 run env 40 5 bash "$WORK/env.sh" "${PY:-python3}"
 [ -n "$PY" ] && run deps 150 10 bash "$WORK/deps.sh" "$PY"
