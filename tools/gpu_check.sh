@@ -265,8 +265,7 @@ def _rand(cp, shape, dtype, seed, loc=0.0, scale=1.0):
 
 # bnref.kernels.cupy_bn internals this tool reads (they change: every use is guarded, and what is
 # missing is printed once, at the start of checks and micro, instead of failing a check).
-PRIVATE = ("_plan", "_grid_plan", "_target_blocks", "_bn_statistics", "_kernel", "_dims",
-           "NAME_EXPRESSIONS", "CACHES", "_forward_plan", "_backward_plan")
+PRIVATE = ("_plan", "_bn_statistics", "_kernel", "NAME_EXPRESSIONS", "module_source")
 
 
 def _private_report():
@@ -280,17 +279,13 @@ def _private_report():
 
 def _plan_info(x3, *others):
     """The planner's (layout, vector width, grid, block, partials) for x3 as a dict, read from
-    cupy_bn._plan (or _grid_plan); {"missing": why} when those are gone or changed shape."""
+    cupy_bn._plan; {"missing": why} when it is gone or changed shape."""
     from bnref.kernels import cupy_bn
     plan = getattr(cupy_bn, "_plan", None)
+    if plan is None:
+        return {"missing": "cupy_bn._plan not found"}
     try:
-        if plan is not None:
-            p = plan(x3, *others)
-        elif hasattr(cupy_bn, "_grid_plan") and hasattr(cupy_bn, "_target_blocks"):
-            aligned = all(a.data.ptr % 16 == 0 for a in (x3, *others))
-            p = cupy_bn._grid_plan(*x3.shape, x3.dtype, aligned, cupy_bn._target_blocks())
-        else:
-            return {"missing": "cupy_bn._plan and cupy_bn._grid_plan not found"}
+        p = plan(x3, *others)
     except (TypeError, AttributeError) as exc:
         return {"missing": f"planner call failed ({type(exc).__name__}: {str(exc)[:80]})"}
     if isinstance(p, tuple) and len(p) == 6 and p[0] in ("rows", "cols"):
@@ -325,9 +320,7 @@ def _record(name, fn):
     item["seconds"] = round(time.time() - t0, 2)
     RESULTS["items"].append(item)
     _save()
-    status = "PASS" if item["ok"] else ("SKIP" if item.get("skipped") else "FAIL")
-    if item.get("skipped"):
-        status = "SKIP"
+    status = "SKIP" if item.get("skipped") else ("PASS" if item["ok"] else "FAIL")
     detail = item.get("error") or item.get("detail") or ""
     _summary(f"  {status:4s} {name:52s} {item.get('max_err', ''):>10} {detail}"[:240])
     return item
@@ -747,7 +740,8 @@ class Timer:
         self.cp, self.stream = cp, stream
 
     def per_call(self, fn, n=30, warm=5, before=None):
-        """Median of n single calls, each between its own pair of events (what bench_gpu.py does)."""
+        """Median of n single calls, each between its own pair of events (bench_gpu.py no longer
+        times this way: it queues many calls behind a spin kernel)."""
         cp = self.cp
         for _ in range(warm):
             fn()
@@ -1031,11 +1025,11 @@ def run_micro():
                 tf = lambda: F.batch_norm(xt, None, None, wt, bt, training=True, eps=EPS)   # noqa: E731
                 yt = tf()
                 tb = lambda: torch.autograd.grad(yt, (xt, wt, bt), dyt, retain_graph=True)   # noqa: E731
-                ttimer = Timer(cp)   # same device, legacy default stream for both
+                # bnref's timer: the same device and legacy default stream time both libraries
                 for pas, fn, mb in (("fwd", tf, 2 * nb), ("bwd", tb, 3 * nb)):
-                    p = {"min_bytes": mb, "api_us": ttimer.per_call(fn), "b2b_us": ttimer.back_to_back(fn),
-                         "cold_api_us": ttimer.per_call(fn, n=15, warm=1, before=flush),
-                         "host_us": ttimer.host_us(fn)}
+                    p = {"min_bytes": mb, "api_us": timer.per_call(fn), "b2b_us": timer.back_to_back(fn),
+                         "cold_api_us": timer.per_call(fn, n=15, warm=1, before=flush),
+                         "host_us": timer.host_us(fn)}
                     r[f"torch_{pas}"] = p
                 # device time of PyTorch's forward: CUDA graph of F.batch_norm under no_grad
                 def tf_graph():
