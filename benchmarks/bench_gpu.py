@@ -428,7 +428,7 @@ class Case:
         # memory order: channels-last stores (N, H, W, C); both libraries get the logical
         # (N, C, H, W) view of it (NHWC strides), as a PyTorch channels_last tensor is.
         self.mem_shape = (shape[0], *shape[2:], C) if channels_last else shape
-        numel = math.prod(shape)
+        self.numel = numel = math.prod(shape)
         self.nbytes = numel * self.dtype.itemsize
         self.copies = rotation_count(self.nbytes, l2_bytes, factor)
         self.covers_l2 = rotation_covers_l2(self.copies, self.nbytes, l2_bytes, factor)
@@ -466,14 +466,12 @@ class Case:
         return a.permute(*perm) if hasattr(a, "permute") else a.transpose(perm)
 
     def _cupy_view(self, name, i):
-        numel = math.prod(self.shape)
-        return self.logical(self.raw[name][i, :numel].view(self.dtype).reshape(self.mem_shape))
+        return self.logical(self.raw[name][i, :self.numel].view(self.dtype).reshape(self.mem_shape))
 
     def torch_views(self, name, tdtype):
         torch = self.torch
-        numel = math.prod(self.shape)
         t = torch.as_tensor(self.raw[name], device="cuda").view(tdtype)
-        return [self.logical(t[i, :numel].view(self.mem_shape)) for i in range(self.copies)]
+        return [self.logical(t[i, :self.numel].view(self.mem_shape)) for i in range(self.copies)]
 
 
 def _bnref_fns(case):
@@ -579,8 +577,7 @@ def _errors(case, bn_out, torch_results):
     """Relative max errors against a float64 reference, per implementation and pass."""
     cp, torch = case.cp, case.torch
     (y, cache), (dx, dg, db) = bn_out
-    logical = lambda a: case.logical(a)                                   # noqa: E731
-    x64, dy64 = logical(case.x64_mem), logical(case.dy64_mem)
+    x64, dy64 = case.logical(case.x64_mem), case.logical(case.dy64_mem)
     if torch is not None:
         xt = torch.as_tensor(np.ascontiguousarray(x64), device="cuda").requires_grad_(True)
         wt = torch.as_tensor(case.gamma64, device="cuda").requires_grad_(True)
@@ -629,8 +626,7 @@ def measure_case(cp, torch, F, shape, channels_last, dtype_name, opts, l2_bytes,
     if torch is not None:
         impls["torch direct"], impls["torch autograd"], backend, torch_results = _torch_fns(case, torch, F)
     nb = case.nbytes
-    numel = math.prod(shape)
-    copy_dst = cp.empty(numel, dtype=_INT_OF_SIZE[case.dtype.itemsize])
+    copy_dst = cp.empty(case.numel, dtype=_INT_OF_SIZE[case.dtype.itemsize])
     xraw = case.raw["x"]
     copy_fns = [lambda i=i: _device_copy(copy_dst, xraw[i], nb) for i in range(case.copies)]
     errs = _errors(case, bn_out, torch_results)
@@ -822,8 +818,7 @@ def measure_all(cp, args):
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     l2 = int(dev.attributes["L2CacheSize"])
-    import cupy
-    versions = f"CuPy {cupy.__version__}, " + (
+    versions = f"CuPy {cp.__version__}, " + (
         f"PyTorch {torch.__version__}, cuDNN {torch.backends.cudnn.version()} "
         f"(enabled: {torch.backends.cudnn.enabled})" if torch is not None else f"{why}: PyTorch columns n/a")
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
