@@ -240,13 +240,12 @@ def _check_size(A, B):
 @functools.lru_cache(maxsize=1024)
 def _layout(C, B, dtype, align):
     """("rows" or "cols", C++ type, vector width) of a pass over (A, C, B) values of dtype
-    whose pointers are all ``align``-byte aligned (True: 16, False: 1, as callers once said).
+    whose pointers are all ``align``-byte aligned.
 
     The width is the widest power of two, up to 16 bytes, that divides the run a vector must
     not cross (B for rows, C * B for cols) and fits the alignment: B = 50 floats get 8-byte
     vectors of 2 instead of none.
     """
-    align = 16 if align is True else 1 if align is False else align
     ctype, vec = _ctype(dtype)
     run = B if B >= ROWS_MIN_B else C * B
     itemsize = np.dtype(dtype).itemsize
