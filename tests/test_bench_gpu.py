@@ -1,4 +1,4 @@
-"""benchmarks/bench_gpu.py and tools/gpu_check.sh where there is no GPU.
+"""benchmarks/bench_gpu.py and tools/gpu_check.sh (with tools/gpu_extra.py) where there is no GPU.
 
 The arithmetic of the benchmark (statistics, L2 rotation, traffic and bandwidth, the issue's
 goal verdicts), its timing loops on a fake GPU timeline (one event pair per batch of calls,
@@ -21,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench_gpu.py"
 GPU_CHECK = ROOT / "tools" / "gpu_check.sh"
+GPU_EXTRA = ROOT / "tools" / "gpu_extra.py"
 
 
 def _load():
@@ -506,10 +507,8 @@ def test_gpu_check_without_a_gpu_exits_cleanly_and_writes_a_summary(no_gpu_env, 
 
 
 def _gpu_extra_source():
-    """The Python tool gpu_check.sh writes out (its here-document), as text."""
-    text = GPU_CHECK.read_text()
-    start = text.index("<<'PYEOF'\n") + len("<<'PYEOF'\n")
-    return text[start:text.index("\nPYEOF\n", start)]
+    """The Python tool gpu_check.sh runs (tools/gpu_extra.py), as text."""
+    return GPU_EXTRA.read_text()
 
 
 def test_gpu_check_python_tool_compiles():
