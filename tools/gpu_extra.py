@@ -64,6 +64,12 @@ def _torch():
         return None
 
 
+def _device_name(cp):
+    """The current device's name (CuPy's device properties give bytes or str, by version)."""
+    name = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"]
+    return name.decode() if isinstance(name, bytes) else name
+
+
 def _host64(cp, a):
     if a.dtype.itemsize < 4:
         a = a.astype(cp.float32)
@@ -501,9 +507,7 @@ def check_multi_device():
 def run_checks():
     import bnref  # noqa: F401
     cp = _cp()
-    dev = cp.cuda.Device()
-    RESULTS["device"] = cp.cuda.runtime.getDeviceProperties(dev.id)["name"]
-    RESULTS["device"] = RESULTS["device"].decode() if isinstance(RESULTS["device"], bytes) else RESULTS["device"]
+    RESULTS["device"] = _device_name(cp)
     _private_report()
     _summary("extra correctness checks (bnref GPU vs bnref CPU float64 on the same rounded values):")
     _record("misaligned views take VEC=1 and are right", check_misaligned)
@@ -771,10 +775,8 @@ def run_micro():
     F = None
     if torch is not None:
         import torch.nn.functional as F  # noqa: N812
-    dev = cp.cuda.Device()
-    attrs = dev.attributes
-    props = cp.cuda.runtime.getDeviceProperties(dev.id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    attrs = cp.cuda.Device().attributes
+    name = _device_name(cp)
     L2 = int(attrs.get("L2CacheSize", 50 << 20))
     _private_report()
     RESULTS.update(device=name, sm_count=attrs.get("MultiProcessorCount"), l2_bytes=L2,
