@@ -199,9 +199,8 @@ def fmt_stat(s, scale=1e3, digits=1):
     """'median [min-max]' of a summarize() dict given in ms, shown in us (scale 1e3)."""
     if not s:
         return "n/a"
-    f = f"{{:.{digits}f}}"
-    return (f"{f.format(s['median'] * scale)} [{f.format(s['min'] * scale)}-"
-            f"{f.format(s['max'] * scale)}]")
+    return (f"{s['median'] * scale:.{digits}f} [{s['min'] * scale:.{digits}f}-"
+            f"{s['max'] * scale:.{digits}f}]")
 
 
 def fmt(v, spec, missing="n/a"):
