@@ -315,7 +315,7 @@ PER_THREAD_STREAM = 2        # cudaStreamPerThread's handle (CuPy's Stream.ptds)
 class _Plan:
     """One BatchNorm call kind on one (shape, dtype, alignment, device); see the notes above."""
 
-    __slots__ = ("C", "P", "acc", "scalar", "grid", "grid2", "block", "dims", "CP", "m",
+    __slots__ = ("C", "P", "acc", "scalar", "grid", "grid2", "block", "dims", "C32", "m",
                  "fin_grid", "fin_block", "pass1", "finalize", "pass2", "scratch_shapes",
                  "scratch", "ones", "zeros", "no_update", "flag_update", "W", "counters")
 
@@ -345,7 +345,7 @@ class _Plan:
                 A, C, B, dtype, align, _resident_blocks(mod1, f"{k1}_{layout}<{targs}>"))
         self.P, self.acc, self.scalar = P, acc, (np.float32 if acc == np.float32 else np.float64)
         self.grid, self.block, self.dims = grid, block, _dims(layout, A, C, B)
-        self.CP, self.m = (np.int32(C), np.int32(P)), self.scalar(A * B)
+        self.m = self.scalar(A * B)
         self.no_update, self.flag_update = (np.int32(0), self.scalar(0)), np.int32(1)
         # last-block counters: one per channel (rows), one per column block and per channel (cols)
         self.W = C * B if layout == "cols" else 1
@@ -401,6 +401,7 @@ class _InferencePlan(_Plan):
     def _more(self, acc_ctype):
         self.finalize = _kernel("bn_finalize", f"bn_inference_params<{acc_ctype}>")
         self.fin_grid, self.fin_block = (-(-self.C // 128),), (128,)
+        self.C32 = np.int32(self.C)                # bn_inference_params' int C argument
         self.scratch_shapes = ((3, self.C),)
         self.counters = 0
 
@@ -561,7 +562,7 @@ def bn_inference(x3, gamma, beta, running_mean, running_var, eps):
         params, _ = p.buffers()
         p.finalize(p.fin_grid, p.fin_block,
                    (_vector(running_mean, acc), _vector(running_var, acc), _vector(gamma, acc),
-                    _vector(beta, acc), p.scalar(eps), p.CP[0], params))
+                    _vector(beta, acc), p.scalar(eps), p.C32, params))
         return _bn_apply(p, x3, params)
 
 
