@@ -102,7 +102,8 @@ try:
     d = cp.cuda.Device()
     a = d.attributes
     p = cp.cuda.runtime.getDeviceProperties(d.id)
-    print(f"  cupy sees {cp.cuda.runtime.getDeviceCount()} device(s); device {d.id}: {p['name']}, "
+    name = p["name"].decode() if isinstance(p["name"], bytes) else p["name"]   # bytes or str, by version
+    print(f"  cupy sees {cp.cuda.runtime.getDeviceCount()} device(s); device {d.id}: {name}, "
           f"cc {d.compute_capability}, {a['MultiProcessorCount']} SMs, L2 {a['L2CacheSize'] / 2**20:.0f} MiB, "
           f"{p['totalGlobalMem'] / 2**30:.0f} GiB, runtime {cp.cuda.runtime.runtimeGetVersion()}, "
           f"driver {cp.cuda.runtime.driverGetVersion()}")
