@@ -45,6 +45,16 @@ def on_device(x, others=None, x_name="x"):
     return cupy_bn.device_scope(x, others, x_name) if is_cupy_array(x) else _HOST
 
 
+def on_cache_device(cache):
+    """``with on_cache_device(cache):`` a backward's :func:`on_device`: on the GPU of the
+    forward's x, refusing by name (``cache.mean``) a saved statistic or gamma that has moved to
+    another GPU. Anything not a cache is refused inside the scope by :func:`backward_inputs`,
+    which also checks ``dy``."""
+    saved = {"cache.mean": getattr(cache, "mean", None), "cache.inv_std": getattr(cache, "inv_std", None),
+             "cache.gamma": getattr(cache, "gamma", None)}
+    return on_device(getattr(cache, "x", None), saved, "cache.x")
+
+
 def prepare(x, gamma, beta, eps, axis, extra=(), extra_names=()):
     """Check a forward's ``x``, ``gamma``, ``beta``, ``eps`` and ``axis``; return ``(xp, axis, C)``."""
     names = ("x", "gamma", "beta") + tuple(extra_names)

@@ -181,10 +181,7 @@ def batchnorm_backward(dy: Array, cache: BatchNormCache) -> tuple[Array, Array, 
     >>> np.allclose(dx.sum(axis=0), 0)   # dx has zero mean per channel
     True
     """
-    x = getattr(cache, "x", None)       # (anything not a BatchNormCache is refused below)
-    saved = {"cache.mean": getattr(cache, "mean", None), "cache.inv_std": getattr(cache, "inv_std", None),
-             "cache.gamma": getattr(cache, "gamma", None)}     # (dy: checked in backward_inputs)
-    with _on_device(x, saved, "cache.x"):       # dy's conversion to x's dtype included
+    with _args.on_cache_device(cache):      # dy's conversion to x's dtype included
         xp, x, dy = _args.backward_inputs(dy, cache, BatchNormCache, "batchnorm_forward")
         C = x.shape[cache.axis]
         perm = _channels_last(x, cache.axis)            # dy is taken in x's layout (a copy if not)

@@ -18,13 +18,6 @@ from .backend import get_array_module, get_kernels
 __all__ = ["LayerNormCache", "GroupNormCache", "layernorm_forward", "layernorm_backward",
            "groupnorm_forward", "groupnorm_backward"]
 
-def _saved(cache):
-    """``(x, others, "cache.x")`` for :func:`bnref._args.on_device` in a backward: what the
-    forward saved, so that a statistic or gamma moved to another GPU is refused by name
-    (anything not a cache is refused by ``backward_inputs``, inside the scope)."""
-    saved = {f"cache.{f}": getattr(cache, f, None) for f in ("mean", "inv_std", "gamma")}
-    return getattr(cache, "x", None), saved, "cache.x"      # (dy: checked in backward_inputs)
-
 
 @dataclass(frozen=True, eq=False)
 class LayerNormCache:
@@ -103,7 +96,7 @@ def layernorm_backward(dy: Array, cache: LayerNormCache) -> tuple[Array, Array, 
     >>> np.allclose(dx, 0)   # a constant upstream gradient is absorbed by the mean
     True
     """
-    with _args.on_device(*_saved(cache)):      # dy's conversion to x's dtype included
+    with _args.on_cache_device(cache):      # dy's conversion to x's dtype included
         xp, x, dy = _args.backward_inputs(dy, cache, LayerNormCache, "layernorm_forward")
         nshape = tuple(x.shape[x.ndim - cache.normalized_ndim:])
         K = prod(nshape)
@@ -184,7 +177,7 @@ def groupnorm_backward(dy: Array, cache: GroupNormCache) -> tuple[Array, Array, 
     >>> dbeta.tolist()
     [10.0, 10.0, 10.0, 10.0]
     """
-    with _args.on_device(*_saved(cache)):      # dy's conversion to x's dtype included
+    with _args.on_cache_device(cache):      # dy's conversion to x's dtype included
         xp, x, dy = _args.backward_inputs(dy, cache, GroupNormCache, "groupnorm_forward")
         C = x.shape[1]
         dx3, dgamma, dbeta = get_kernels(xp).gn_backward(
