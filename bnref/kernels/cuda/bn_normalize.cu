@@ -1,8 +1,9 @@
 // bn_normalize.cu: y = (x - mean) * scale + beta per channel (training and inference).
 //
-// params (3, C) = (mean, scale = gamma * inv_std, beta), from bn_finalize or
-// bn_inference_params. Subtracting the mean first (rather than y = x * scale + shift) keeps
-// y accurate when |mean| >> std. The grid walks the tensor exactly like bn_stats.cu.
+// params (3, C) = (mean, scale = gamma * inv_std, beta), from bn_stats.cu's last blocks
+// (training) or bn_inference_params (inference). Subtracting the mean first (rather than
+// y = x * scale + shift) keeps y accurate when |mean| >> std. The grid walks the tensor
+// exactly like bn_stats.cu.
 #include "common.cuh"
 
 // Rows layout, grid (C, S): every block serves one channel, so it reads its params once.
